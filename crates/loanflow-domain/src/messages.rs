@@ -1,0 +1,215 @@
+//! The messages services exchange, versioned from the first day.
+//!
+//! Every message is an [`Envelope`]: a message id, the loan reference, when it was
+//! sent, and a body tagged with its type and version (`"type": "loan.work.v1"`).
+//! A consumer that meets a type or version it does not know fails to decode it and
+//! dead-letters it rather than guessing. Message ids are derived from what the message
+//! means (reference, step, kind), so a redelivered input produces the same outgoing ids
+//! and duplicates can be recognised downstream.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::application::Application;
+use crate::reference::Reference;
+use crate::rules::Offer;
+use crate::status::{Decision, Status};
+
+/// The name of the step that books an approved loan; it always closes the slip.
+pub const LEDGER_STEP: &str = "ledger";
+
+/// Namespace of the derived (v5) message ids.
+const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c6f_616e_666c_6f77_0000_0000_0000_0001);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<B> {
+    pub message_id: Uuid,
+    pub reference: Reference,
+    pub sent_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub body: B,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable message: {0}")]
+pub struct DecodeError(#[from] serde_json::Error);
+
+impl<B: Serialize + DeserializeOwned> Envelope<B> {
+    pub fn new(reference: Reference, what: &str, sent_at: DateTime<Utc>, body: B) -> Envelope<B> {
+        let message_id = derived_message_id(&reference, what);
+        Envelope { message_id, reference, sent_at, body }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising these plain data types cannot fail (no maps with non-string
+        // keys, no custom serialisers that error); an empty body would be dead-lettered.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Envelope<B>, DecodeError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+/// A message id that is the same every time the same thing is said about the same
+/// application, e.g. `derived_message_id(r, "work/credit")`.
+pub fn derived_message_id(reference: &Reference, what: &str) -> Uuid {
+    Uuid::new_v5(&MESSAGE_ID_NAMESPACE, format!("{reference}/{what}").as_bytes())
+}
+
+/// The routing slip: the steps an application goes through, fixed when it is
+/// submitted. It travels with the application, so changing the configured chain
+/// affects new applications only, never those in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingSlip {
+    pub steps: Vec<String>,
+    pub position: usize,
+}
+
+impl RoutingSlip {
+    /// A slip through `levels`, closed by the ledger.
+    pub fn through(levels: &[String]) -> RoutingSlip {
+        let mut steps = levels.to_vec();
+        steps.push(LEDGER_STEP.to_owned());
+        RoutingSlip { steps, position: 0 }
+    }
+
+    pub fn current(&self) -> Option<&str> {
+        self.steps.get(self.position).map(String::as_str)
+    }
+
+    /// The slip as the next step receives it, or `None` at the end.
+    pub fn advanced(&self) -> Option<RoutingSlip> {
+        let next = RoutingSlip { steps: self.steps.clone(), position: self.position + 1 };
+        next.current().is_some().then_some(next)
+    }
+
+    /// The level that holds an application at this step: `None` for the ledger,
+    /// which is not an approval level.
+    pub fn current_level(&self) -> Option<&str> {
+        self.current().filter(|s| *s != LEDGER_STEP)
+    }
+}
+
+/// An application travelling the chain, with what the levels so far have found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkItem {
+    pub application: Application,
+    pub submitted_at: DateTime<Utc>,
+    /// The submission date that age rules are judged on.
+    pub submitted_on: NaiveDate,
+    pub slip: RoutingSlip,
+    pub decisions: Vec<Decision>,
+    pub score: Option<u16>,
+    pub offer: Option<Offer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum WorkMessage {
+    #[serde(rename = "loan.work.v1")]
+    V1(WorkItem),
+}
+
+/// A change of an application's status, published by whichever service caused it.
+///
+/// `seq` orders the events of one application so that a projection can apply them
+/// in any order, and more than once: 2·n for the n-th decision, 2·n + 1 for progress
+/// that follows n decisions without one (waiting for a person, booked, failed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub seq: u32,
+    pub status: Status,
+    pub current_level: Option<String>,
+    pub decision: Option<Decision>,
+    pub offer: Option<Offer>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl StatusEvent {
+    pub fn decision_seq(decisions_including_this: usize) -> u32 {
+        u32::try_from(decisions_including_this).unwrap_or(u32::MAX / 2).saturating_mul(2)
+    }
+
+    pub fn progress_seq(decisions_so_far: usize) -> u32 {
+        StatusEvent::decision_seq(decisions_so_far).saturating_add(1)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum StatusMessage {
+    #[serde(rename = "loan.status.v1")]
+    V1(StatusEvent),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference() -> Reference {
+        Reference::from_random([7; crate::reference::RANDOM_BYTES])
+    }
+
+    fn event() -> StatusEvent {
+        StatusEvent {
+            seq: 2,
+            status: Status::InReview,
+            current_level: Some("credit".into()),
+            decision: None,
+            offer: None,
+            occurred_at: DateTime::from_timestamp(1_764_000_000, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_carry_their_version_tag() {
+        let env = Envelope::new(reference(), "status/2", event().occurred_at, StatusMessage::V1(event()));
+        let bytes = env.encode();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["type"], "loan.status.v1");
+        assert_eq!(json["reference"], reference().as_str());
+        assert_eq!(Envelope::<StatusMessage>::decode(&bytes).unwrap(), env);
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_do_not_decode() {
+        let env = Envelope::new(reference(), "status/2", event().occurred_at, StatusMessage::V1(event()));
+        let mut json: serde_json::Value = serde_json::from_slice(&env.encode()).unwrap();
+        json["type"] = "loan.status.v2".into();
+        let v2 = serde_json::to_vec(&json).unwrap();
+        assert!(Envelope::<StatusMessage>::decode(&v2).is_err());
+        assert!(Envelope::<StatusMessage>::decode(b"\xff\x00").is_err());
+        assert!(Envelope::<WorkMessage>::decode(&env.encode()).is_err(), "a status is not work");
+        json["type"] = "loan.status.v1".into();
+        json["reference"] = "LN-../../etc".into();
+        assert!(Envelope::<StatusMessage>::decode(&serde_json::to_vec(&json).unwrap()).is_err());
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        let r = reference();
+        assert_eq!(derived_message_id(&r, "work/kyc"), derived_message_id(&r, "work/kyc"));
+        assert_ne!(derived_message_id(&r, "work/kyc"), derived_message_id(&r, "work/credit"));
+    }
+
+    #[test]
+    fn the_slip_walks_the_levels_then_the_ledger() {
+        let slip = RoutingSlip::through(&["kyc".to_owned(), "manager".to_owned()]);
+        assert_eq!(slip.current(), Some("kyc"));
+        let slip = slip.advanced().unwrap();
+        assert_eq!(slip.current_level(), Some("manager"));
+        let slip = slip.advanced().unwrap();
+        assert_eq!(slip.current(), Some(LEDGER_STEP));
+        assert_eq!(slip.current_level(), None);
+        assert_eq!(slip.advanced(), None);
+    }
+
+    #[test]
+    fn sequence_numbers_order_decisions_and_progress() {
+        assert!(StatusEvent::decision_seq(1) < StatusEvent::progress_seq(1));
+        assert!(StatusEvent::progress_seq(1) < StatusEvent::decision_seq(2));
+        assert!(StatusEvent::progress_seq(0) > 0, "the first event beats the submitted state");
+    }
+}

@@ -1,1 +1,12 @@
-pub fn x(){}
+//! What every loanflow service shares: typed settings, telemetry, the database pool
+//! and migrations, the broker topology with confirmed publishing and supervised
+//! consumers, and the shutdown signal. No business rule lives here.
+
+pub mod broker;
+pub mod db;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use settings::Settings;
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,119 @@
+//! The database: one pool per service, bound to the service's own schema.
+//!
+//! Services use synchronous diesel on tokio's blocking pool ([`blocking`]); one access
+//! style everywhere keeps transactions simple. Every pooled connection has its
+//! `search_path` set to the service's schema, so the generated `schema.rs` stays
+//! unqualified and the same migrations serve production and every test's fresh schema.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+
+use crate::settings::DatabaseSettings;
+
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+pub type PgPooled = PooledConnection<ConnectionManager<PgConnection>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no database connection: {0}")]
+    Pool(#[from] diesel::r2d2::PoolError),
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error("database task was cancelled")]
+    Cancelled,
+}
+
+/// `[a-z_][a-z0-9_]*`: schema names are spliced into SQL, so only plain identifiers
+/// are accepted (checked when settings load).
+pub fn is_identifier(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+        && s.len() <= 63
+}
+
+#[derive(Debug)]
+struct SessionSetup {
+    schema: String,
+    statement_timeout_ms: u64,
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionSetup {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!(
+            "SET search_path TO \"{}\"; SET statement_timeout = {}; SET TIME ZONE 'UTC';",
+            self.schema, self.statement_timeout_ms
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// A pool for the service's schema. Connections are opened lazily, so a service can
+/// start (and report not-ready) while the database is still coming up.
+pub fn pool(settings: &DatabaseSettings) -> PgPool {
+    Pool::builder()
+        .max_size(settings.pool_size.max(1))
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .connection_customizer(Box::new(SessionSetup {
+            schema: settings.schema.clone(),
+            statement_timeout_ms: settings.statement_timeout_ms,
+        }))
+        .build_unchecked(ConnectionManager::new(&settings.url))
+}
+
+/// Creates the schema if needed and runs pending migrations, under an advisory lock
+/// so that instances starting together migrate once, in turn.
+pub fn migrate(pool: &PgPool, schema: &str, migrations: EmbeddedMigrations) -> Result<(), DbError> {
+    let mut conn = pool.get()?;
+    conn.batch_execute("SELECT pg_advisory_lock(hashtext('loanflow.migrate'))")?;
+    let result = conn
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .map_err(DbError::from)
+        .and_then(|()| {
+            conn.run_pending_migrations(migrations).map(drop).map_err(|e| DbError::Migration(e.to_string()))
+        });
+    let unlocked = conn.batch_execute("SELECT pg_advisory_unlock(hashtext('loanflow.migrate'))");
+    result?;
+    unlocked?;
+    Ok(())
+}
+
+/// Runs blocking diesel work on tokio's blocking pool, keeping the caller's tracing
+/// span so its logs still carry the reference.
+pub async fn blocking<T, F>(pool: &PgPool, work: F) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut PgConnection) -> Result<T, DbError> + Send + 'static,
+{
+    let pool = pool.clone();
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let mut conn = pool.get()?;
+        work(&mut conn)
+    })
+    .await
+    .map_err(|_| DbError::Cancelled)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_identifiers_are_schema_names() {
+        for ok in ["intake", "level_kyc", "_t1", "t_0a1b"] {
+            assert!(is_identifier(ok), "{ok}");
+        }
+        for bad in ["", "Intake", "1abc", "a-b", "a\"; drop", "a b", &"a".repeat(64)] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Typed, layered settings: built-in defaults < `config/*.toml` < environment.
+//!
+//! Environment variables follow the `config` crate's convention,
+//! `LOANFLOW__SECTION__KEY` (`LOANFLOW__LEVELS__MANAGER__THRESHOLD=75000.00`); list
+//! settings take commas (`LOANFLOW__CHAIN__LEVELS=kyc,credit,manager`).
+
+use std::path::Path;
+
+use loanflow_domain::rules::{CreditPolicy, KycPolicy, LevelKind, ManagerPolicy, UnderwritingPolicy};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration is invalid: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub telemetry: TelemetrySettings,
+    pub broker: BrokerSettings,
+    pub chain: ChainSettings,
+    pub intake: IntakeSettings,
+    pub bureau: BureauSettings,
+    pub levels: LevelsSettings,
+    pub ledger: LedgerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG`, when set, wins.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BrokerSettings {
+    /// AMQP URI including the vhost. May carry credentials: never logged.
+    pub url: String,
+    pub queue_type: QueueType,
+    /// Unacked deliveries a consumer may hold. Too low starves a level that waits on
+    /// I/O (the bureau); too high lets one instance hoard work another could do and
+    /// makes a crash redeliver more.
+    pub prefetch: u16,
+    /// Quorum queues only: deliveries of one message before the broker dead-letters it,
+    /// the last guard against a message that crashes its consumer every time.
+    pub delivery_limit: u32,
+    /// Reconnection backoff: first wait, doubling up to the maximum. Too low hammers a
+    /// broker that is restarting; too high leaves work waiting after it is back.
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChainSettings {
+    pub levels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// libpq connection URL. May carry credentials: never logged.
+    pub url: String,
+    /// The schema this service owns; its tables and migration history live there.
+    pub schema: String,
+    pub pool_size: u32,
+    /// How long to wait for a pooled connection before failing the request.
+    pub connect_timeout_ms: u64,
+    /// Server-side limit on one statement, so a stuck query cannot hold a
+    /// connection (and the request) forever.
+    pub statement_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IntakeSettings {
+    pub listen: String,
+    pub workers: usize,
+    pub database: DatabaseSettings,
+    /// Outbox rows published per round trip.
+    pub relay_batch: i64,
+    /// How often the relay looks for unsent rows when nothing woke it: the bound on
+    /// how long a message written by another intake instance waits.
+    pub relay_poll_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BureauSettings {
+    pub listen: String,
+    pub workers: usize,
+    /// Added to every answer, to simulate a slow bureau.
+    pub latency_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LevelsSettings {
+    pub bureau_url: String,
+    /// How long credit waits for the bureau before treating it as unavailable.
+    pub bureau_timeout_ms: u64,
+    /// `schema` is a prefix here: each level owns `<prefix><level name>`.
+    pub database: DatabaseSettings,
+    pub kyc: KycPolicy,
+    pub credit: CreditPolicy,
+    pub underwriting: UnderwritingPolicy,
+    pub manager: ManagerPolicy,
+}
+
+impl LevelsSettings {
+    /// The database settings of one level, with its own schema.
+    pub fn database_for(&self, level: &str) -> DatabaseSettings {
+        DatabaseSettings { schema: format!("{}{level}", self.database.schema), ..self.database.clone() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LedgerSettings {
+    pub database: DatabaseSettings,
+}
+
+impl Settings {
+    /// The built-in defaults alone: what tests start from.
+    pub fn defaults() -> Result<Settings, SettingsError> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .build()?;
+        Settings::checked(built.try_deserialize()?)
+    }
+
+    /// Defaults, then every `*.toml` in `dir` (alphabetically), then the environment.
+    pub fn load(dir: &Path) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut files: Vec<_> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|ext| ext == "toml"))
+                .collect();
+            files.sort();
+            for file in files {
+                builder = builder.add_source(config::File::from(file));
+            }
+        }
+        let env = config::Environment::with_prefix("LOANFLOW")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("chain.levels")
+            .with_list_parse_key("levels.kyc.sanctions");
+        Settings::checked(builder.add_source(env).build()?.try_deserialize()?)
+    }
+
+    fn checked(settings: Settings) -> Result<Settings, SettingsError> {
+        let invalid = |why: String| Err(SettingsError::Invalid(why));
+        if settings.chain.levels.is_empty() {
+            return invalid("chain.levels must name at least one level".into());
+        }
+        for level in &settings.chain.levels {
+            if LevelKind::from_name(level).is_none() {
+                return invalid(format!(
+                    "chain.levels: unknown level {level:?} (known: kyc, credit, underwriting, manager)"
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !settings.chain.levels.iter().all(|l| seen.insert(l)) {
+            return invalid("chain.levels must not name a level twice".into());
+        }
+        for db in [&settings.intake.database, &settings.ledger.database, &settings.levels.database] {
+            if !crate::db::is_identifier(&db.schema) {
+                return invalid(format!("database schema {:?} must match [a-z_][a-z0-9_]*", db.schema));
+            }
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_defaults_are_the_contracts() {
+        let s = Settings::defaults().unwrap();
+        assert_eq!(s.chain.levels, ["kyc", "credit", "underwriting", "manager"]);
+        assert_eq!(s.intake.listen, "127.0.0.1:8080");
+        assert_eq!(s.bureau.listen, "127.0.0.1:8090");
+        assert_eq!(s.levels.manager, ManagerPolicy::default());
+        assert_eq!(s.levels.underwriting, UnderwritingPolicy::default());
+        assert_eq!(s.levels.kyc, KycPolicy::default());
+        assert_eq!(s.levels.credit, CreditPolicy::default());
+        assert_eq!(s.broker.queue_type, QueueType::Quorum);
+        assert_eq!(s.levels.database_for("kyc").schema, "level_kyc");
+    }
+
+    #[test]
+    fn files_override_defaults() {
+        let dir = std::env::temp_dir().join(format!("loanflow-settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("site.toml"), "[chain]\nlevels = [\"kyc\", \"manager\"]\n[levels.manager]\nthreshold = \"75000\"\n").unwrap();
+        let s = Settings::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(s.chain.levels, ["kyc", "manager"]);
+        assert_eq!(s.levels.manager.threshold.to_string(), "75000.00");
+    }
+
+    #[test]
+    fn unknown_levels_are_refused() {
+        let dir = std::env::temp_dir().join(format!("loanflow-settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.toml"), "[chain]\nlevels = [\"kyc\", \"astrology\"]\n").unwrap();
+        let err = Settings::load(&dir).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.to_string().contains("astrology"), "{err}");
+    }
+}

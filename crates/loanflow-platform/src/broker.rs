@@ -394,3 +394,49 @@ async fn dead_letter(publisher: &Publisher, delivery: &Delivery, queue: &str, re
         })
         .await
 }
+
+/// Publishes a status event for `reference` and waits for the broker's confirm.
+pub async fn send_status(
+    publisher: &Publisher,
+    reference: &loanflow_domain::Reference,
+    event: loanflow_domain::messages::StatusEvent,
+) -> Result<(), BrokerError> {
+    use loanflow_domain::messages::{Envelope, StatusMessage};
+    let what = format!("status/{}", event.seq);
+    let envelope = Envelope::new(reference.clone(), &what, chrono_now(), StatusMessage::V1(event));
+    publisher
+        .publish(Outgoing {
+            exchange: STATUS_EXCHANGE,
+            routing_key: "",
+            reference: reference.as_str(),
+            message_id: envelope.message_id,
+            payload: &envelope.encode(),
+            headers: FieldTable::default(),
+        })
+        .await
+}
+
+/// Sends a work item to the step its slip points at, and waits for the confirm.
+pub async fn send_work(
+    publisher: &Publisher,
+    reference: &loanflow_domain::Reference,
+    item: loanflow_domain::messages::WorkItem,
+) -> Result<(), BrokerError> {
+    use loanflow_domain::messages::{Envelope, WorkMessage};
+    let step = item.slip.current().unwrap_or_default().to_owned();
+    let envelope = Envelope::new(reference.clone(), &format!("work/{step}"), chrono_now(), WorkMessage::V1(item));
+    publisher
+        .publish(Outgoing {
+            exchange: WORK_EXCHANGE,
+            routing_key: &step,
+            reference: reference.as_str(),
+            message_id: envelope.message_id,
+            payload: &envelope.encode(),
+            headers: FieldTable::default(),
+        })
+        .await
+}
+
+fn chrono_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}

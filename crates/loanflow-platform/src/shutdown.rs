@@ -37,3 +37,23 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// A started service: where it listens (if it serves HTTP) and the tasks it runs.
+/// Cancel the token the service was started with, then await [`Running::stopped`].
+#[derive(Debug)]
+pub struct Running {
+    pub addr: Option<std::net::SocketAddr>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Running {
+    pub fn new(addr: Option<std::net::SocketAddr>, tasks: tokio_util::task::TaskTracker) -> Running {
+        tasks.close();
+        Running { addr, tasks }
+    }
+
+    /// Resolves once every task of the service has finished.
+    pub async fn stopped(self) {
+        self.tasks.wait().await;
+    }
+}

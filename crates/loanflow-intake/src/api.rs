@@ -1,0 +1,195 @@
+//! The public JSON API: `POST /api/loans` and `GET /api/loans/{reference}`.
+//!
+//! Handlers stay thin: read and check the request, call the domain, call the store.
+
+use std::sync::Arc;
+
+use actix_web::http::header::{self, ContentType};
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::StreamExt;
+use rand::RngCore;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use loanflow_domain::messages::{Envelope, RoutingSlip, WorkItem, WorkMessage};
+use loanflow_domain::reference::RANDOM_BYTES;
+use loanflow_domain::rules::Offer;
+use loanflow_domain::{Application, Decision, Reference, Status};
+use loanflow_platform::broker::WORK_EXCHANGE;
+use loanflow_platform::db::{blocking, PgPool};
+
+use crate::error::ApiError;
+use crate::store::{self, Submission};
+
+/// The contract's limit on a request body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub chain: Arc<Vec<String>>,
+    /// Wakes the outbox relay as soon as a submission is committed.
+    pub relay_wake: Arc<Notify>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api")
+            .route("/loans", web::post().to(submit))
+            .route("/loans/{reference}", web::get().to(status)),
+    );
+}
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    reference: &'a str,
+    status: Status,
+    status_url: &'a str,
+}
+
+#[tracing::instrument(name = "submit", skip_all, fields(reference))]
+async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    require_json(&req)?;
+    let body = read_limited(&req, payload, MAX_BODY_BYTES).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| ApiError::InvalidJson)?;
+    if !value.is_object() {
+        return Err(ApiError::NotAnObject);
+    }
+    let now = Utc::now();
+    let application = Application::parse(&value, now.date_naive()).map_err(ApiError::Validation)?;
+
+    let reference = new_reference();
+    tracing::Span::current().record("reference", reference.as_str());
+    let slip = RoutingSlip::through(&state.chain);
+    let first_step = slip.current().unwrap_or_default().to_owned();
+    let stored = serde_json::to_value(&application).map_err(|_| ApiError::InvalidJson)?;
+    let work = WorkItem {
+        application,
+        submitted_at: now,
+        submitted_on: now.date_naive(),
+        slip,
+        decisions: Vec::new(),
+        score: None,
+        offer: None,
+    };
+    let envelope = Envelope::new(reference.clone(), &format!("work/{first_step}"), now, WorkMessage::V1(work));
+    let submission = Submission {
+        reference: reference.clone(),
+        application: stored,
+        submitted_at: now,
+        message_id: envelope.message_id,
+        exchange: WORK_EXCHANGE.to_owned(),
+        routing_key: first_step,
+        payload: envelope.encode(),
+    };
+    blocking(&state.pool, move |conn| store::record(conn, &submission)).await?;
+    state.relay_wake.notify_one();
+    tracing::info!("application accepted");
+
+    let status_url = format!("/api/loans/{reference}");
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, status_url.as_str()))
+        .json(Accepted { reference: reference.as_str(), status: Status::Submitted, status_url: &status_url }))
+}
+
+fn new_reference() -> Reference {
+    let mut bytes = [0u8; RANDOM_BYTES];
+    // The thread-local generator is a CSPRNG seeded from the operating system.
+    rand::rng().fill_bytes(&mut bytes);
+    Reference::from_random(bytes)
+}
+
+/// `application/json`, with or without parameters such as `charset`.
+fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(ContentType::json().0.essence_str()));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Reads the body, refusing it as soon as it passes `limit` (a declared length over
+/// the limit is refused before anything is read).
+async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::InvalidJson)?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    reference: String,
+    status: Status,
+    current_level: Option<String>,
+    submitted_at: String,
+    updated_at: String,
+    decisions: Vec<DecisionBody>,
+    offer: Option<Offer>,
+}
+
+#[derive(Serialize)]
+struct DecisionBody {
+    level: String,
+    outcome: loanflow_domain::Outcome,
+    reason: String,
+    decided_by: loanflow_domain::DecidedBy,
+    decided_at: String,
+}
+
+fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl From<Decision> for DecisionBody {
+    fn from(d: Decision) -> Self {
+        DecisionBody {
+            level: d.level,
+            outcome: d.outcome,
+            reason: d.reason,
+            decided_by: d.decided_by,
+            decided_at: timestamp(d.decided_at),
+        }
+    }
+}
+
+#[tracing::instrument(name = "status", skip_all, fields(reference = %path.as_str()))]
+async fn status(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let reference = Reference::parse(&path).map_err(|_| ApiError::NotFound)?;
+    let lookup = reference.clone();
+    let view = blocking(&state.pool, move |conn| store::load_status(conn, &lookup)).await?.ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(StatusBody {
+        reference: reference.into(),
+        status: view.status,
+        current_level: view.current_level,
+        submitted_at: timestamp(view.submitted_at),
+        updated_at: timestamp(view.updated_at),
+        decisions: view.decisions.into_iter().map(DecisionBody::from).collect(),
+        offer: if view.status == Status::Approved { view.offer } else { None },
+    }))
+}
+
+/// Unknown paths answer in the contract's error shape too.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NoRoute)
+}

@@ -1,0 +1,72 @@
+//! The HTTP edge's errors: every error response the intake gives is built here, in
+//! the contract's shape `{"error", "message", "fields"?}`.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use loanflow_platform::db::DbError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON")]
+    InvalidJson,
+    #[error("the request body must be a JSON object")]
+    NotAnObject,
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the request body must be sent as application/json")]
+    UnsupportedMediaType,
+    #[error("the application breaks {} rule(s); see fields", .0.len())]
+    Validation(BTreeMap<String, String>),
+    #[error("no such application")]
+    NotFound,
+    #[error("no such resource")]
+    NoRoute,
+    #[error("internal error")]
+    Internal(#[from] DbError),
+}
+
+/// The contract's error codes: (code, status). `fields` accompanies 422 only.
+impl ApiError {
+    fn code_and_status(&self) -> (&'static str, StatusCode) {
+        match self {
+            ApiError::InvalidJson => ("invalid_json", StatusCode::BAD_REQUEST),
+            ApiError::NotAnObject => ("invalid_json", StatusCode::BAD_REQUEST),
+            ApiError::TooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            ApiError::UnsupportedMediaType => ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            ApiError::Validation(_) => ("validation_failed", StatusCode::UNPROCESSABLE_ENTITY),
+            ApiError::NotFound | ApiError::NoRoute => ("not_found", StatusCode::NOT_FOUND),
+            ApiError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a BTreeMap<String, String>>,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code_and_status().1
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (error, status) = self.code_and_status();
+        if let ApiError::Internal(cause) = self {
+            // Logged once, here, with its cause; the client gets a fixed message.
+            tracing::error!(error = %cause, "request failed");
+        }
+        let fields = match self {
+            ApiError::Validation(fields) => Some(fields),
+            _ => None,
+        };
+        HttpResponse::build(status).json(ErrorBody { error, message: self.to_string(), fields })
+    }
+}

@@ -1,0 +1,88 @@
+//! The intake service: the public API that records applications and answers at once
+//! with a reference, the outbox relay that hands them to the broker, and the status
+//! projection that keeps each application's status current from the events the
+//! other services publish.
+
+pub mod api;
+pub mod error;
+mod projection;
+mod relay;
+mod schema;
+pub mod store;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use loanflow_platform::broker::{self, STATUS_QUEUE};
+use loanflow_platform::db::{self, DbError};
+use loanflow_platform::shutdown::Running;
+use loanflow_platform::Settings;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../schema/intake");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("intake database: {0}")]
+    Database(#[from] DbError),
+}
+
+/// Migrates, binds and starts every task of the intake. Returns once it is serving.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
+    let pool = db::pool(&settings.intake.database);
+    let schema = settings.intake.database.schema.clone();
+    let migrate_pool = pool.clone();
+    tokio::task::spawn_blocking(move || db::migrate(&migrate_pool, &schema, MIGRATIONS))
+        .await
+        .map_err(|_| DbError::Cancelled)??;
+
+    let listener = TcpListener::bind(&settings.intake.listen)
+        .map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?;
+    let state = api::AppState {
+        pool: pool.clone(),
+        chain: Arc::new(settings.chain.levels.clone()),
+        relay_wake: Arc::new(Notify::new()),
+    };
+    let relay_wake = state.relay_wake.clone();
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .configure(api::routes)
+            .default_service(web::to(api::not_found))
+    })
+    .workers(settings.intake.workers.max(1))
+    // Signals are handled once, by the process, through the shutdown token.
+    .disable_signals()
+    .listen(listener)
+    .map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?
+    .run();
+
+    let tasks = TaskTracker::new();
+    let handle = server.handle();
+    tasks.spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "intake HTTP server failed");
+        }
+    });
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        stop.cancelled().await;
+        // Graceful: requests in progress finish; their outbox rows are committed.
+        handle.stop(true).await;
+    });
+    tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, shutdown.clone()));
+    tasks.spawn(broker::consume(settings, STATUS_QUEUE.to_owned(), shutdown, move |incoming, _publisher| {
+        projection::handle(pool.clone(), incoming)
+    }));
+    tracing::info!(%addr, "intake listening");
+    Ok(Running::new(Some(addr), tasks))
+}

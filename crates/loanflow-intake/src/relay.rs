@@ -1,0 +1,115 @@
+//! The outbox relay: publishes what submissions committed to the outbox, with
+//! publisher confirms, and deletes each row only once the broker has confirmed it.
+//!
+//! While the broker is down the rows simply wait (submissions keep succeeding); the
+//! relay reconnects with backoff and catches up. A row can be published twice (the
+//! relay dies between the confirm and the delete): consumers are idempotent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use loanflow_platform::broker::{self, Backoff, BrokerError, Outgoing, Publisher, Topology};
+use loanflow_platform::db::{blocking, DbError, PgPool};
+use loanflow_platform::Settings;
+
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+pub async fn run(settings: Settings, pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(&settings.broker);
+    let poll = Duration::from_millis(settings.intake.relay_poll_ms.max(1));
+    loop {
+        let Some(conn) = broker::connect_with_backoff(&settings.broker, &shutdown).await else { return };
+        let result = async {
+            let channel = conn.create_channel().await.map_err(BrokerError::from)?;
+            Topology::new(&settings).declare(&channel).await?;
+            let publisher = Publisher::open(&conn).await?;
+            backoff.reset();
+            loop {
+                while drain_once(&pool, &publisher, settings.intake.relay_batch).await? > 0 {}
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok::<(), RelayError>(()),
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                }
+            }
+        }
+        .await;
+        let _ = conn.close(200, "bye".into()).await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "outbox relay interrupted");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Publishes one batch: every message is sent before any confirm is awaited, so a
+/// batch costs one round trip. Returns how many rows were published.
+async fn drain_once(pool: &PgPool, publisher: &Publisher, batch: i64) -> Result<usize, RelayError> {
+    let rows = blocking(pool, move |conn| store::claim_outbox(conn, batch)).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut pending = Vec::with_capacity(rows.len());
+    let mut failure = None;
+    for row in &rows {
+        let started = publisher
+            .start(Outgoing {
+                exchange: &row.exchange,
+                routing_key: &row.routing_key,
+                reference: &row.reference,
+                message_id: row.message_id,
+                payload: &row.payload,
+                headers: Default::default(),
+            })
+            .await;
+        match started {
+            Ok(confirm) => pending.push((row.id, confirm)),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let mut confirmed = Vec::with_capacity(pending.len());
+    let mut unconfirmed: Vec<i64> = rows.iter().map(|r| r.id).filter(|id| !pending.iter().any(|(p, _)| p == id)).collect();
+    for (id, confirm) in pending {
+        match confirm.await {
+            Ok(()) => confirmed.push(id),
+            Err(e) => {
+                unconfirmed.push(id);
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let published = confirmed.len();
+    blocking(pool, move |conn| {
+        store::delete_outbox(conn, &confirmed)?;
+        store::release_outbox(conn, &unconfirmed)
+    })
+    .await?;
+    match failure {
+        Some(e) => Err(e.into()),
+        None => {
+            tracing::debug!(published, "outbox batch published");
+            Ok(published)
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The intake's tables: applications, their decisions (the status projection) and
+//! the outbox. Every function runs on a connection lent by [`loanflow_platform::db::blocking`].
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bytea, Int8, Text, Uuid as SqlUuid};
+use serde_json::Value;
+use uuid::Uuid;
+
+use loanflow_domain::messages::StatusEvent;
+use loanflow_domain::rules::Offer;
+use loanflow_domain::{Decision, Reference, Status};
+use loanflow_platform::db::DbError;
+
+use crate::schema::{applications, decisions, outbox};
+
+/// A message waiting in the outbox.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct OutboxRow {
+    #[diesel(sql_type = Int8)]
+    pub id: i64,
+    #[diesel(sql_type = SqlUuid)]
+    pub message_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub reference: String,
+    #[diesel(sql_type = Text)]
+    pub exchange: String,
+    #[diesel(sql_type = Text)]
+    pub routing_key: String,
+    #[diesel(sql_type = Bytea)]
+    pub payload: Vec<u8>,
+}
+
+/// What a submission writes, in one transaction.
+#[derive(Debug)]
+pub struct Submission {
+    pub reference: Reference,
+    pub application: Value,
+    pub submitted_at: DateTime<Utc>,
+    pub message_id: Uuid,
+    pub exchange: String,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+}
+
+/// Records an accepted application and its first message atomically: either both
+/// exist or neither does.
+pub fn record(conn: &mut PgConnection, s: &Submission) -> Result<(), DbError> {
+    conn.transaction(|conn| {
+        diesel::insert_into(applications::table)
+            .values((
+                applications::reference.eq(s.reference.as_str()),
+                applications::application.eq(&s.application),
+                applications::status.eq(Status::Submitted.as_str()),
+                applications::submitted_at.eq(s.submitted_at),
+                applications::updated_at.eq(s.submitted_at),
+            ))
+            .execute(conn)?;
+        diesel::insert_into(outbox::table)
+            .values((
+                outbox::message_id.eq(s.message_id),
+                outbox::reference.eq(s.reference.as_str()),
+                outbox::exchange.eq(&s.exchange),
+                outbox::routing_key.eq(&s.routing_key),
+                outbox::payload.eq(&s.payload),
+            ))
+            .execute(conn)?;
+        Ok(())
+    })
+}
+
+/// An application's status as the API shows it.
+#[derive(Debug, Clone)]
+pub struct StatusView {
+    pub status: Status,
+    pub current_level: Option<String>,
+    pub submitted_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub decisions: Vec<Decision>,
+    pub offer: Option<Offer>,
+}
+
+type ApplicationRow = (String, Option<String>, Option<Value>, DateTime<Utc>, DateTime<Utc>);
+type DecisionRow = (String, String, String, String, DateTime<Utc>);
+
+pub fn load_status(conn: &mut PgConnection, reference: &Reference) -> Result<Option<StatusView>, DbError> {
+    let row: Option<ApplicationRow> = applications::table
+        .find(reference.as_str())
+        .select((
+            applications::status,
+            applications::current_level,
+            applications::offer,
+            applications::submitted_at,
+            applications::updated_at,
+        ))
+        .first(conn)
+        .optional()?;
+    let Some((status, current_level, offer, submitted_at, updated_at)) = row else {
+        return Ok(None);
+    };
+    let rows: Vec<DecisionRow> = decisions::table
+        .filter(decisions::reference.eq(reference.as_str()))
+        .order(decisions::seq.asc())
+        .select((decisions::level, decisions::outcome, decisions::reason, decisions::decided_by, decisions::decided_at))
+        .load(conn)?;
+    let decisions = rows
+        .into_iter()
+        .filter_map(|(level, outcome, reason, decided_by, decided_at)| {
+            Some(Decision {
+                level,
+                outcome: loanflow_domain::Outcome::parse(&outcome)?,
+                reason,
+                decided_by: decided_by.try_into().ok()?,
+                decided_at,
+            })
+        })
+        .collect();
+    Ok(Some(StatusView {
+        // The CHECK constraint keeps the column to known statuses.
+        status: Status::parse(&status).unwrap_or(Status::Failed),
+        current_level,
+        submitted_at,
+        updated_at,
+        decisions,
+        offer: offer.and_then(|o| serde_json::from_value(o).ok()),
+    }))
+}
+
+/// What applying a status event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The projection moved forward.
+    Advanced,
+    /// Stale or repeated: nothing changed (a final status never changes).
+    Unchanged,
+    /// No application with that reference.
+    UnknownReference,
+}
+
+/// Applies one status event, idempotently and in any order: the decision is added
+/// once per level, and the status moves only forward (by `seq`) and never out of a
+/// final state.
+pub fn apply_event(conn: &mut PgConnection, reference: &Reference, event: &StatusEvent) -> Result<Applied, DbError> {
+    conn.transaction(|conn| {
+        let exists: Option<String> = applications::table
+            .find(reference.as_str())
+            .select(applications::reference)
+            .for_update()
+            .first(conn)
+            .optional()?;
+        if exists.is_none() {
+            return Ok(Applied::UnknownReference);
+        }
+        if let Some(d) = &event.decision {
+            diesel::insert_into(decisions::table)
+                .values((
+                    decisions::reference.eq(reference.as_str()),
+                    decisions::level.eq(&d.level),
+                    decisions::seq.eq(i32::try_from(event.seq).unwrap_or(i32::MAX)),
+                    decisions::outcome.eq(d.outcome.as_str()),
+                    decisions::reason.eq(&d.reason),
+                    decisions::decided_by.eq(String::from(d.decided_by.clone())),
+                    decisions::decided_at.eq(d.decided_at),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)?;
+        }
+        let finals: Vec<&str> = Status::ALL.iter().filter(|s| s.is_final()).map(|s| s.as_str()).collect();
+        let seq = i32::try_from(event.seq).unwrap_or(i32::MAX);
+        let offer = event.offer.as_ref().and_then(|o| serde_json::to_value(o).ok());
+        let updated = diesel::update(
+            applications::table
+                .filter(applications::reference.eq(reference.as_str()))
+                .filter(applications::seq.lt(seq))
+                .filter(applications::status.ne_all(finals)),
+        )
+        .set((
+            applications::status.eq(event.status.as_str()),
+            applications::current_level.eq(&event.current_level),
+            applications::seq.eq(seq),
+            applications::offer.eq(offer),
+            applications::updated_at.eq(event.occurred_at),
+        ))
+        .execute(conn)?;
+        Ok(if updated > 0 { Applied::Advanced } else { Applied::Unchanged })
+    })
+}
+
+/// Leases up to `batch` unsent outbox rows, oldest first. Rows another relay holds
+/// (an unexpired lease, or a row locked right now) are skipped, so several intake
+/// instances share the outbox without publishing a row twice in the normal case.
+pub fn claim_outbox(conn: &mut PgConnection, batch: i64) -> Result<Vec<OutboxRow>, DbError> {
+    Ok(diesel::sql_query(
+        "UPDATE outbox SET claimed_until = now() + interval '30 seconds' \
+         WHERE id IN (SELECT id FROM outbox \
+                      WHERE claimed_until IS NULL OR claimed_until < now() \
+                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, message_id, reference, exchange, routing_key, payload",
+    )
+    .bind::<BigInt, _>(batch)
+    .load(conn)?)
+}
+
+/// Removes rows whose messages the broker has confirmed.
+pub fn delete_outbox(conn: &mut PgConnection, ids: &[i64]) -> Result<(), DbError> {
+    diesel::delete(outbox::table.filter(outbox::id.eq_any(ids))).execute(conn)?;
+    Ok(())
+}
+
+/// Gives rows back after a failed publish, so the next attempt need not wait for the lease.
+pub fn release_outbox(conn: &mut PgConnection, ids: &[i64]) -> Result<(), DbError> {
+    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
+        .set(outbox::claimed_until.eq(None::<DateTime<Utc>>))
+        .execute(conn)?;
+    Ok(())
+}

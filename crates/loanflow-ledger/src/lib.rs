@@ -1,0 +1,119 @@
+//! The ledger: the last step of every chain. It books each approved loan (terms,
+//! offer, the decisions that approved it) in its own tables, exactly once however
+//! often the message arrives, and only then announces the status `approved`.
+
+mod schema;
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use loanflow_domain::messages::{Envelope, StatusEvent, WorkItem, WorkMessage, LEDGER_STEP};
+use loanflow_domain::{Outcome, Reference, Status};
+use loanflow_platform::broker::{self, step_queue, Disposition, Incoming, Publisher};
+use loanflow_platform::db::{self, blocking, DbError, PgPool};
+use loanflow_platform::shutdown::Running;
+use loanflow_platform::Settings;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../schema/ledger");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("ledger database: {0}")]
+    Database(#[from] DbError),
+}
+
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
+    let pool = db::pool(&settings.ledger.database);
+    let schema = settings.ledger.database.schema.clone();
+    let migrate_pool = pool.clone();
+    tokio::task::spawn_blocking(move || db::migrate(&migrate_pool, &schema, MIGRATIONS))
+        .await
+        .map_err(|_| DbError::Cancelled)??;
+    let tasks = TaskTracker::new();
+    tasks.spawn(broker::consume(settings, step_queue(LEDGER_STEP), shutdown, move |incoming, publisher| {
+        book(pool.clone(), incoming, publisher)
+    }));
+    tracing::info!("ledger started");
+    Ok(Running::new(None, tasks))
+}
+
+async fn book(pool: PgPool, incoming: Incoming, publisher: Publisher) -> Disposition {
+    let envelope = match Envelope::<WorkMessage>::decode(&incoming.data) {
+        Ok(e) => e,
+        Err(e) => return Disposition::DeadLetter(e.to_string()),
+    };
+    let reference = envelope.reference;
+    let WorkMessage::V1(work) = envelope.body;
+    if let Err(why) = bookable(&work) {
+        return Disposition::DeadLetter(why);
+    }
+    let decisions_so_far = work.decisions.len();
+    let offer = work.offer.clone();
+    let key = reference.clone();
+    match blocking(&pool, move |conn| insert_loan(conn, &key, &work)).await {
+        Ok(inserted) => {
+            if inserted {
+                tracing::info!("loan booked");
+            } else {
+                tracing::info!("loan was already booked; announcing again");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "loan not booked; will retry");
+            return Disposition::Requeue;
+        }
+    }
+    let event = StatusEvent {
+        seq: StatusEvent::progress_seq(decisions_so_far),
+        status: Status::Approved,
+        current_level: None,
+        decision: None,
+        offer,
+        occurred_at: Utc::now(),
+    };
+    match broker::send_status(&publisher, &reference, event).await {
+        Ok(()) => Disposition::Ack,
+        Err(e) => {
+            tracing::warn!(error = %e, "booked, but the status was not confirmed; will retry");
+            Disposition::Requeue
+        }
+    }
+}
+
+/// Only a loan every level approved, with an offer, at the ledger step, is booked.
+fn bookable(work: &WorkItem) -> Result<(), String> {
+    if work.slip.current() != Some(LEDGER_STEP) {
+        return Err(format!("message for step {:?} reached the ledger", work.slip.current()));
+    }
+    if work.decisions.is_empty() || work.decisions.iter().any(|d| d.outcome != Outcome::Approved) {
+        return Err("only an application every level approved can be booked".into());
+    }
+    if work.offer.is_none() {
+        return Err("an approved application reached the ledger without an offer".into());
+    }
+    Ok(())
+}
+
+/// Inserts the loan once; `false` if it was already booked (a redelivery).
+fn insert_loan(conn: &mut PgConnection, reference: &Reference, work: &WorkItem) -> Result<bool, DbError> {
+    use schema::loans;
+    let Some(offer) = &work.offer else { return Ok(false) };
+    let decisions = serde_json::to_value(&work.decisions).unwrap_or_default();
+    let inserted = diesel::insert_into(loans::table)
+        .values((
+            loans::reference.eq(reference.as_str()),
+            loans::amount.eq(offer.amount.as_decimal()),
+            loans::currency.eq("USD"),
+            loans::annual_rate.eq(offer.annual_rate),
+            loans::term_months.eq(i32::from(offer.term_months)),
+            loans::monthly_payment.eq(offer.monthly_payment.as_decimal()),
+            loans::decisions.eq(decisions),
+            loans::submitted_at.eq(work.submitted_at),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)?;
+    Ok(inserted == 1)
+}

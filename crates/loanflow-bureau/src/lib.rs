@@ -59,6 +59,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     })
     .workers(settings.bureau.workers.max(1))
     .disable_signals()
+    // Requests in progress get this long to finish when the service stops.
+    .shutdown_timeout(10)
     .listen(listener)
     .map_err(bind_error)?
     .run();

@@ -62,6 +62,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     .workers(settings.intake.workers.max(1))
     // Signals are handled once, by the process, through the shutdown token.
     .disable_signals()
+    // Requests in progress get this long to finish when the service stops.
+    .shutdown_timeout(10)
     .listen(listener)
     .map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?
     .run();

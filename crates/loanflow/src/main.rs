@@ -1,1 +1,91 @@
-fn main(){}
+//! The `loanflow` binary: every service as a subcommand, so one artefact ships them
+//! all. `loanflow all` runs the whole system in one process, for a laptop or a demo;
+//! in production each service runs as its own process (and levels as several).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use loanflow_platform::db;
+use loanflow_platform::shutdown::{self, Running};
+use loanflow_platform::{telemetry, CancellationToken, Settings};
+
+#[derive(Parser)]
+#[command(name = "loanflow", version, about = "Asynchronous multi-level loan approval")]
+struct Cli {
+    /// Directory of `*.toml` files layered over the built-in defaults.
+    #[arg(long, global = true, default_value = "config", env = "LOANFLOW_CONFIG_DIR")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The public API, the outbox relay and the status projection.
+    Intake,
+    /// The simulated credit bureau.
+    Bureau,
+    /// One approval level (kyc, credit, underwriting, manager).
+    Level { name: String },
+    /// Books approved loans.
+    Ledger,
+    /// Creates every service's schema and runs its migrations, then exits.
+    Migrate,
+    /// Every service in one process.
+    All,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(&cli.config).context("loading configuration")?;
+    telemetry::init(&settings.telemetry);
+    let stop = shutdown::on_signal();
+    let running = match cli.command {
+        Command::Migrate => return migrate(&settings).await,
+        Command::Intake => vec![loanflow_intake::start(settings, stop).await?],
+        Command::Bureau => vec![loanflow_bureau::start(settings, stop).await?],
+        Command::Ledger => vec![loanflow_ledger::start(settings, stop).await?],
+        Command::Level { name } => vec![loanflow_level::start(settings, &name, stop).await?.0],
+        Command::All => start_all(settings, stop).await?,
+    };
+    for service in running {
+        service.stopped().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn start_all(settings: Settings, stop: CancellationToken) -> anyhow::Result<Vec<Running>> {
+    let mut running = vec![loanflow_bureau::start(settings.clone(), stop.clone()).await?];
+    running.push(loanflow_ledger::start(settings.clone(), stop.clone()).await?);
+    for level in &settings.chain.levels {
+        running.push(loanflow_level::start(settings.clone(), level, stop.clone()).await?.0);
+    }
+    let intake = loanflow_intake::start(settings, stop).await?;
+    if let Some(addr) = intake.addr {
+        println!("loanflow is up: http://{addr}/  (API: http://{addr}/api/loans; Ctrl-C stops)");
+    }
+    running.push(intake);
+    Ok(running)
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let mut targets = vec![
+        (settings.intake.database.clone(), loanflow_intake::MIGRATIONS),
+        (settings.ledger.database.clone(), loanflow_ledger::MIGRATIONS),
+    ];
+    for level in &settings.chain.levels {
+        targets.push((settings.levels.database_for(level), loanflow_level::MIGRATIONS));
+    }
+    for (database, migrations) in targets {
+        let schema = database.schema.clone();
+        tokio::task::spawn_blocking(move || db::migrate(&db::pool(&database), &database.schema, migrations))
+            .await?
+            .with_context(|| format!("migrating schema {schema}"))?;
+        println!("schema {schema}: up to date");
+    }
+    Ok(())
+}

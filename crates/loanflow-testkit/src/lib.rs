@@ -1,1 +1,430 @@
+//! Test support: starts the real services, in-process, against the real RabbitMQ and
+//! PostgreSQL, each test in isolation: its own vhost (created through the broker's
+//! management API) and its own schemas (`t<id>_intake`, ...), so tests run in
+//! parallel with each other and beside a running `make run`.
+//!
+//! Tests talk to the system as clients do (HTTP) and observe it as an operator would
+//! (queue depths, status events on the wire, the ledger's rows). Waiting is always
+//! for a condition with a deadline, never a bare sleep.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::Connection as _;
+use diesel::sql_types::BigInt;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
+use loanflow_level::LevelStats;
+use loanflow_platform::broker::{Topology, STATUS_EXCHANGE};
+use loanflow_platform::shutdown::Running;
+use loanflow_platform::Settings;
+
+/// The PostgreSQL server tests use (a database of their own is created on it).
+fn pg_server() -> String {
+    std::env::var("LOANFLOW_TEST_PG").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".into())
+}
+const TEST_DATABASE: &str = "loanflow_test";
+fn amqp_server() -> String {
+    std::env::var("LOANFLOW_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+fn management_api() -> String {
+    std::env::var("LOANFLOW_TEST_RABBITMQ_API").unwrap_or_else(|_| "http://127.0.0.1:15672/api".into())
+}
+
+/// How often a condition is re-checked while waiting for it.
+const POLL: Duration = Duration::from_millis(25);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Start every level of the chain (false: start none; see [`TestSystem::start_level`]).
+    pub levels: bool,
+    /// Point the intake at a broker that is not there.
+    pub intake_broker_down: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { levels: true, intake_broker_down: false }
+    }
+}
+
+pub struct TestSystem {
+    pub settings: Settings,
+    pub id: String,
+    pub vhost: String,
+    pub base_url: String,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+    services: Vec<Running>,
+    levels: Vec<(String, CancellationToken, Running)>,
+}
+
+impl TestSystem {
+    pub async fn start() -> TestSystem {
+        TestSystem::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> TestSystem {
+        TestSystem::try_start(options).await.expect("test system should start")
+    }
+
+    async fn try_start(options: Options) -> anyhow::Result<TestSystem> {
+        if std::env::var("TEST_LOG").is_ok() {
+            loanflow_platform::telemetry::init(&loanflow_platform::settings::TelemetrySettings {
+                format: loanflow_platform::settings::LogFormat::Pretty,
+                filter: "info".into(),
+            });
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let vhost = format!("loanflow-test-{id}");
+        create_vhost(&vhost).await?;
+        ensure_test_database().await?;
+
+        let mut settings = Settings::defaults()?;
+        let db_url = format!("{}/{TEST_DATABASE}", pg_server());
+        settings.broker.url = format!("{}/{vhost}", amqp_server());
+        settings.broker.reconnect_max_ms = 1000;
+        for (db, schema) in [
+            (&mut settings.intake.database, format!("t{id}_intake")),
+            (&mut settings.ledger.database, format!("t{id}_ledger")),
+            (&mut settings.levels.database, format!("t{id}_level_")),
+        ] {
+            db.url = db_url.clone();
+            db.schema = schema;
+            db.pool_size = 3;
+        }
+        settings.intake.listen = "127.0.0.1:0".into();
+        settings.intake.workers = 1;
+        settings.bureau.listen = "127.0.0.1:0".into();
+
+        let stop = CancellationToken::new();
+        let bureau = loanflow_bureau::start(settings.clone(), stop.clone()).await?;
+        let bureau_addr = bureau.addr.context("bureau address")?;
+        settings.levels.bureau_url = format!("http://{bureau_addr}");
+        let ledger = loanflow_ledger::start(settings.clone(), stop.clone()).await?;
+        let mut intake_settings = settings.clone();
+        if options.intake_broker_down {
+            // Port 1 on loopback: nothing listens there, connections are refused.
+            intake_settings.broker.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+        }
+        let intake = loanflow_intake::start(intake_settings, stop.clone()).await?;
+        let base_url = format!("http://{}", intake.addr.context("intake address")?);
+        let mut system = TestSystem {
+            settings,
+            id,
+            vhost,
+            base_url,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            stop,
+            services: vec![bureau, ledger, intake],
+            levels: Vec::new(),
+        };
+        system.declare_topology().await?;
+        if options.levels {
+            for level in system.settings.chain.levels.clone() {
+                system.start_level(&level).await;
+            }
+        }
+        Ok(system)
+    }
+
+    /// Declares the topology up front so that queue inspections never race the
+    /// services' own declarations.
+    async fn declare_topology(&self) -> anyhow::Result<()> {
+        let conn = self.amqp().await?;
+        let channel = conn.create_channel().await?;
+        Topology::new(&self.settings).declare(&channel).await?;
+        conn.close(200, "bye".into()).await?;
+        Ok(())
+    }
+
+    /// Starts one more instance of a level (several may run at once).
+    pub async fn start_level(&mut self, name: &str) -> Arc<LevelStats> {
+        let token = self.stop.child_token();
+        let (running, stats) =
+            loanflow_level::start(self.settings.clone(), name, token.clone()).await.expect("level should start");
+        self.levels.push((name.to_owned(), token, running));
+        stats
+    }
+
+    pub async fn amqp(&self) -> anyhow::Result<Connection> {
+        Ok(Connection::connect(&self.settings.broker.url, ConnectionProperties::default()).await?)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn submit(&self, body: &Value) -> reqwest::Response {
+        self.http.post(self.url("/api/loans")).json(body).send().await.expect("intake should answer")
+    }
+
+    /// Submits and returns the reference, asserting the 202.
+    pub async fn submit_ok(&self, body: &Value) -> String {
+        let response = self.submit(body).await;
+        assert_eq!(response.status(), 202, "submission should be accepted");
+        let body: Value = response.json().await.expect("JSON body");
+        body["reference"].as_str().expect("reference").to_owned()
+    }
+
+    pub async fn status(&self, reference: &str) -> Value {
+        let response =
+            self.http.get(self.url(&format!("/api/loans/{reference}"))).send().await.expect("intake should answer");
+        assert_eq!(response.status(), 200, "status of {reference}");
+        response.json().await.expect("JSON status")
+    }
+
+    /// Polls the status until it is `status`, or fails after `within`.
+    pub async fn wait_for_status(&self, reference: &str, status: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let last = self.status(reference).await;
+            if last["status"] == status {
+                return last;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{reference} did not become {status} within {within:?}; last seen: {last}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Ready messages in a queue of this test's vhost.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let conn = self.amqp().await.expect("broker");
+        let channel = conn.create_channel().await.expect("channel");
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let queue = channel.queue_declare(queue.into(), options, FieldTable::default()).await.expect("queue exists");
+        let _ = conn.close(200, "bye".into()).await;
+        queue.message_count()
+    }
+
+    /// Rows in one of this test's tables, e.g. `count("ledger", "loans", None)`.
+    pub async fn count(&self, service: &str, table: &str, reference: Option<&str>) -> i64 {
+        let schema = match service {
+            "intake" => self.settings.intake.database.schema.clone(),
+            "ledger" => self.settings.ledger.database.schema.clone(),
+            level => format!("{}{level}", self.settings.levels.database.schema),
+        };
+        let filter = reference.map(|r| format!(" WHERE reference = '{}'", r.replace('\'', ""))).unwrap_or_default();
+        let sql = format!("SELECT count(*) AS n FROM \"{schema}\".\"{table}\"{filter}");
+        let url = format!("{}/{TEST_DATABASE}", pg_server());
+        tokio::task::spawn_blocking(move || {
+            #[derive(QueryableByName)]
+            struct Count {
+                #[diesel(sql_type = BigInt)]
+                n: i64,
+            }
+            let mut conn = PgConnection::establish(&url).expect("database");
+            diesel::sql_query(sql).get_result::<Count>(&mut conn).expect("count").n
+        })
+        .await
+        .expect("count task")
+    }
+
+    /// Starts recording every status event published in this test's vhost.
+    pub async fn tap_status_events(&self) -> EventTap {
+        let conn = self.amqp().await.expect("broker");
+        let channel = conn.create_channel().await.expect("channel");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap queue");
+        let name = queue.name().clone();
+        channel
+            .queue_bind(name.clone(), STATUS_EXCHANGE.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .expect("bind tap");
+        let mut consumer = channel
+            .basic_consume(name, "tap".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .expect("consume tap");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            let _conn = conn;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                if let Ok(env) = Envelope::<StatusMessage>::decode(&delivery.data) {
+                    let StatusMessage::V1(event) = env.body;
+                    sink.lock().expect("tap lock").push((env.reference.to_string(), event));
+                }
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+        });
+        EventTap { events, task }
+    }
+
+    /// Stops every level instance (the queues keep their messages).
+    pub async fn stop_levels(&mut self) {
+        for (_, token, running) in self.levels.drain(..) {
+            token.cancel();
+            running.stopped().await;
+        }
+    }
+
+    /// Stops every service, then removes the vhost and the schemas.
+    pub async fn shutdown(mut self) {
+        self.stop_levels().await;
+        self.stop.cancel();
+        for service in self.services.drain(..) {
+            service.stopped().await;
+        }
+        // The services are stopped, so the vhost is quiet: deleting its quorum queues
+        // now avoids the broker bug that hits deletions under traffic (rabbitmq/ra#484).
+        if let Err(e) = delete_vhost(&self.vhost).await {
+            eprintln!("warning: test vhost {} not deleted: {e:#}", self.vhost);
+        }
+        let mut schemas = vec![self.settings.intake.database.schema.clone(), self.settings.ledger.database.schema.clone()];
+        for level in &self.settings.chain.levels {
+            schemas.push(format!("{}{level}", self.settings.levels.database.schema));
+        }
+        let url = format!("{}/{TEST_DATABASE}", pg_server());
+        let _ = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let mut conn = PgConnection::establish(&url)?;
+            for schema in schemas {
+                conn.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))?;
+            }
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// Status events seen on the wire, by reference.
+pub struct EventTap {
+    events: Arc<Mutex<Vec<(String, StatusEvent)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventTap {
+    pub fn events(&self) -> Vec<(String, StatusEvent)> {
+        self.events.lock().expect("tap lock").clone()
+    }
+
+    /// How many decision events each reference got from `level`.
+    pub fn decisions_by(&self, level: &str) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for (reference, event) in self.events() {
+            if event.decision.as_ref().is_some_and(|d| d.level == level) {
+                *counts.entry(reference).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+impl Drop for EventTap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Re-evaluates `condition` until it holds or `within` passes.
+pub async fn wait_until<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn create_vhost(vhost: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let api = management_api();
+    let put = |url: String, body: Value| http.put(url).basic_auth("guest", Some("guest")).json(&body).send();
+    let response = put(format!("{api}/vhosts/{vhost}"), json!({})).await.context(
+        "the RabbitMQ management API is needed to create test vhosts: run `rabbitmq-plugins enable rabbitmq_management`",
+    )?;
+    if !response.status().is_success() {
+        bail!("creating vhost {vhost}: {}", response.status());
+    }
+    let response =
+        put(format!("{api}/permissions/{vhost}/guest"), json!({"configure": ".*", "write": ".*", "read": ".*"})).await?;
+    if !response.status().is_success() {
+        bail!("granting vhost {vhost}: {}", response.status());
+    }
+    Ok(())
+}
+
+async fn delete_vhost(vhost: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let mut last = None;
+    for attempt in 0..5u64 {
+        let result = http.delete(format!("{}/vhosts/{vhost}", management_api())).basic_auth("guest", Some("guest")).send().await;
+        match result {
+            Ok(r) if r.status().is_success() || r.status() == 404 => return Ok(()),
+            Ok(r) => last = Some(anyhow::anyhow!("status {}", r.status())),
+            Err(e) => last = Some(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("unknown error")))
+}
+
+async fn ensure_test_database() -> anyhow::Result<()> {
+    let url = format!("{}/postgres", pg_server());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut conn = PgConnection::establish(&url).context("PostgreSQL must be running")?;
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let exists = diesel::sql_query(format!("SELECT count(*) AS n FROM pg_database WHERE datname = '{TEST_DATABASE}'"))
+            .get_result::<Count>(&mut conn)?
+            .n
+            > 0;
+        if !exists {
+            // Tests race to create it; losing the race is fine.
+            let _ = conn.batch_execute(&format!("CREATE DATABASE {TEST_DATABASE}"));
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// A valid application (the contract's example) with a sandbox identity that scores
+/// `score`, which the caller adjusts field by field.
+pub fn application(score: u16) -> Value {
+    json!({
+        "applicant": {
+            "full_name": "Ada Lovelace",
+            "email": "ada@example.com",
+            "national_id": format!("SBX{score}A1"),
+            "date_of_birth": "1990-04-01",
+            "annual_income": "85000.00",
+            "monthly_debts": "1200.00",
+            "employment_status": "employed"
+        },
+        "amount": "25000.00",
+        "currency": "USD",
+        "term_months": 36,
+        "purpose": "home_improvement"
+    })
+}

@@ -1,0 +1,160 @@
+//! The whole workflow through the real broker and database.
+
+use std::time::Duration;
+
+use chrono::{Months, Utc};
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+use loanflow_platform::broker::step_queue;
+use loanflow_testkit::{application, wait_until, Options, TestSystem};
+
+const FINAL_WITHIN: Duration = Duration::from_secs(20);
+
+fn levels(status: &Value) -> Vec<(String, String)> {
+    status["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .map(|d| (d["level"].as_str().unwrap_or("").to_owned(), d["outcome"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+fn chain(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected.iter().map(|(l, o)| ((*l).to_owned(), (*o).to_owned())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_of_the_default_chain() {
+    let system = TestSystem::start().await;
+    let minor_dob = Utc::now().date_naive().checked_sub_months(Months::new(17 * 12)).expect("date").to_string();
+
+    let mut approved = application(720);
+    approved["applicant"]["national_id"] = json!("SBX720A1");
+    let mut minor = application(720);
+    minor["applicant"]["date_of_birth"] = json!(minor_dob);
+    let mut sanctioned = application(720);
+    sanctioned["applicant"]["national_id"] = json!("SANCTIONED1");
+    let low_score = application(579);
+    let mut over_indebted = application(720);
+    over_indebted["applicant"]["annual_income"] = json!("30000.00");
+    over_indebted["applicant"]["monthly_debts"] = json!("1000.00");
+    let mut big_ticket = application(800);
+    big_ticket["amount"] = json!("60000.00");
+    big_ticket["applicant"]["annual_income"] = json!("400000.00");
+
+    let bodies = [&approved, &minor, &sanctioned, &low_score, &over_indebted, &big_ticket];
+    let refs: Vec<String> = join_all(bodies.iter().map(|b| system.submit_ok(b))).await;
+
+    // Approved: the offer for score 720 (band 670–739, 9.99%), booked exactly once.
+    let status = system.wait_for_status(&refs[0], "approved", FINAL_WITHIN).await;
+    assert_eq!(
+        levels(&status),
+        chain(&[("kyc", "approved"), ("credit", "approved"), ("underwriting", "approved"), ("manager", "approved")])
+    );
+    assert_eq!(
+        status["offer"],
+        json!({"amount": "25000.00", "annual_rate": "0.0999", "term_months": 36, "monthly_payment": "806.56"})
+    );
+    assert_eq!(status["current_level"], Value::Null);
+    assert!(status["decisions"].as_array().unwrap().iter().all(|d| d["decided_by"] == "auto"));
+    assert_eq!(system.count("ledger", "loans", Some(&refs[0])).await, 1);
+
+    let rejected_at = [
+        (&refs[1], chain(&[("kyc", "rejected")]), "applicant is under 18"),
+        (&refs[2], chain(&[("kyc", "rejected")]), "applicant is on the sanctions list"),
+        (&refs[3], chain(&[("kyc", "approved"), ("credit", "rejected")]), "credit score below 580"),
+        (
+            &refs[4],
+            chain(&[("kyc", "approved"), ("credit", "approved"), ("underwriting", "rejected")]),
+            "debt-to-income ratio above 0.43",
+        ),
+    ];
+    for (reference, expected, reason) in rejected_at {
+        let status = system.wait_for_status(reference, "rejected", FINAL_WITHIN).await;
+        assert_eq!(levels(&status), expected, "{reference}");
+        assert_eq!(status["decisions"].as_array().unwrap().last().unwrap()["reason"], reason);
+        assert_eq!(status["offer"], Value::Null);
+        assert_eq!(status["current_level"], Value::Null);
+        assert_eq!(system.count("ledger", "loans", Some(reference)).await, 0);
+    }
+
+    // Above the threshold: waits for a person at the manager level, persisted there.
+    let status = system.wait_for_status(&refs[5], "awaiting_approver", FINAL_WITHIN).await;
+    assert_eq!(status["current_level"], "manager");
+    assert_eq!(
+        levels(&status),
+        chain(&[("kyc", "approved"), ("credit", "approved"), ("underwriting", "approved")])
+    );
+    assert_eq!(system.count("manager", "waiting", Some(&refs[5])).await, 1);
+    assert_eq!(system.count("ledger", "loans", Some(&refs[5])).await, 0);
+
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_is_answered_before_any_level_runs() {
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+
+    let reference = system.submit_ok(&application(760)).await;
+    // The relay has handed it to the broker: it sits in the first level's queue...
+    let queued = wait_until(Duration::from_secs(10), || async { system.queue_depth(&step_queue("kyc")).await == 1 }).await;
+    assert!(queued, "the application should wait in the kyc queue");
+    // ...and nobody has decided anything.
+    let status = system.status(&reference).await;
+    assert_eq!(status["status"], "submitted");
+    assert_eq!(status["current_level"], Value::Null);
+    assert_eq!(status["decisions"], json!([]));
+    assert_eq!(status["reference"], reference.as_str());
+
+    for level in system.settings.chain.levels.clone() {
+        system.start_level(&level).await;
+    }
+    let status = system.wait_for_status(&reference, "approved", FINAL_WITHIN).await;
+    assert_eq!(status["offer"]["annual_rate"], "0.0749");
+    assert_eq!(system.count("ledger", "loans", Some(&reference)).await, 1);
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_moves_through_in_review_with_the_current_level() {
+    // Only kyc runs, so the application stops, visibly, at credit.
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    system.start_level("kyc").await;
+    let reference = system.submit_ok(&application(700)).await;
+    let status = system.wait_for_status(&reference, "in_review", FINAL_WITHIN).await;
+    assert_eq!(status["current_level"], "credit");
+    assert_eq!(levels(&status), chain(&[("kyc", "approved")]));
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_of_a_level_share_its_queue_and_decide_each_application_once() {
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    let tap = system.tap_status_events().await;
+    let first = system.start_level("kyc").await;
+    let second = system.start_level("kyc").await;
+    for level in ["credit", "underwriting", "manager"] {
+        system.start_level(level).await;
+    }
+
+    const N: usize = 60;
+    let refs: Vec<String> = join_all((0..N).map(|i| {
+        let body = application(if i % 2 == 0 { 720 } else { 810 });
+        let system = &system;
+        async move { system.submit_ok(&body).await }
+    }))
+    .await;
+    for reference in &refs {
+        system.wait_for_status(reference, "approved", FINAL_WITHIN).await;
+    }
+    let kyc = tap.decisions_by("kyc");
+    for reference in &refs {
+        assert_eq!(kyc.get(reference), Some(&1), "{reference} should have exactly one kyc decision on the wire");
+        assert_eq!(system.count("ledger", "loans", Some(reference)).await, 1);
+    }
+    let (a, b) = (first.decided.load(std::sync::atomic::Ordering::Relaxed), second.decided.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(a + b, N as u64, "every application decided once across the two instances");
+    assert!(a > 0 && b > 0, "both instances should have taken work: {a} and {b}");
+    system.shutdown().await;
+}

@@ -107,9 +107,7 @@ pub struct Applicant {
 impl fmt::Debug for Applicant {
     /// Personal data stays out of debug output (and so out of logs).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Applicant")
-            .field("employment_status", &self.employment_status)
-            .finish_non_exhaustive()
+        f.debug_struct("Applicant").field("employment_status", &self.employment_status).finish_non_exhaustive()
     }
 }
 
@@ -144,9 +142,7 @@ impl Application {
         let purpose = f.enumeration::<Purpose>(root, "purpose", PURPOSES);
 
         match (applicant, amount, currency, term_months, purpose) {
-            (Some(applicant), Some(amount), Some(currency), Some(term_months), Some(purpose))
-                if errors.is_empty() =>
-            {
+            (Some(applicant), Some(amount), Some(currency), Some(term_months), Some(purpose)) if errors.is_empty() => {
                 Ok(Application { applicant, amount, currency, term_months, purpose })
             }
             _ => Err(errors),
@@ -205,7 +201,9 @@ impl Fields<'_> {
 
     fn money_at(&mut self, obj: &Map<String, Value>, key: &str, path: &str) -> Option<Money> {
         match obj.get(key) {
-            Some(Value::Number(_)) => self.fail(path, "must be a decimal string such as \"1200.00\", not a JSON number"),
+            Some(Value::Number(_)) => {
+                self.fail(path, "must be a decimal string such as \"1200.00\", not a JSON number")
+            }
             _ => {
                 let s = self.string_at(obj, key, path)?;
                 match s.parse::<Money>() {
@@ -269,19 +267,17 @@ impl Fields<'_> {
                 self.fail("applicant.email", "must be an email address such as name@example.com")
             }
         });
-        let national_id = self.string_at(obj, "national_id", "applicant.national_id").and_then(|s| {
-            match NationalId::parse(&s) {
+        let national_id =
+            self.string_at(obj, "national_id", "applicant.national_id").and_then(|s| match NationalId::parse(&s) {
                 Ok(id) => Some(id),
                 Err(why) => self.fail("applicant.national_id", why),
-            }
-        });
-        let date_of_birth = self.string_at(obj, "date_of_birth", "applicant.date_of_birth").and_then(|s| {
-            match parse_iso_date(&s) {
+            });
+        let date_of_birth =
+            self.string_at(obj, "date_of_birth", "applicant.date_of_birth").and_then(|s| match parse_iso_date(&s) {
                 Some(d) if d < today => Some(d),
                 Some(_) => self.fail("applicant.date_of_birth", "must be in the past"),
                 None => self.fail("applicant.date_of_birth", "must be a calendar date as YYYY-MM-DD"),
-            }
-        });
+            });
         let annual_income = self.money_at(obj, "annual_income", "applicant.annual_income");
         let monthly_debts = self.money_at(obj, "monthly_debts", "applicant.monthly_debts");
         let employment_status = self.enumeration_at::<EmploymentStatus>(

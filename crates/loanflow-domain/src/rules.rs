@@ -106,9 +106,8 @@ pub fn bureau_score(national_id: &NationalId) -> u16 {
             }
         }
     }
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash =
+        id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     let span = u64::from(MAX_SCORE - MIN_SCORE) + 1;
     MIN_SCORE + u16::try_from(hash % span).unwrap_or(0)
 }
@@ -351,8 +350,14 @@ mod tests {
     fn underwriting_prices_by_score_band() {
         let policy = UnderwritingPolicy::default();
         for (score, rate) in [
-            (850, "0.0599"), (800, "0.0599"), (799, "0.0749"), (740, "0.0749"),
-            (739, "0.0999"), (670, "0.0999"), (669, "0.1399"), (580, "0.1399"),
+            (850, "0.0599"),
+            (800, "0.0599"),
+            (799, "0.0749"),
+            (740, "0.0749"),
+            (739, "0.0999"),
+            (670, "0.0999"),
+            (669, "0.1399"),
+            (580, "0.1399"),
         ] {
             let found = underwriting(&adult("SBX720"), score, &policy);
             let offer = found.offer.unwrap_or_else(|| panic!("{score} should be offered"));

@@ -35,9 +35,7 @@ pub struct AppState {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::scope("/api")
-            .route("/loans", web::post().to(submit))
-            .route("/loans/{reference}", web::get().to(status)),
+        web::scope("/api").route("/loans", web::post().to(submit)).route("/loans/{reference}", web::get().to(status)),
     );
 }
 
@@ -88,9 +86,11 @@ async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     tracing::info!("application accepted");
 
     let status_url = format!("/api/loans/{reference}");
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, status_url.as_str()))
-        .json(Accepted { reference: reference.as_str(), status: Status::Submitted, status_url: &status_url }))
+    Ok(HttpResponse::Accepted().insert_header((header::LOCATION, status_url.as_str())).json(Accepted {
+        reference: reference.as_str(),
+        status: Status::Submitted,
+        status_url: &status_url,
+    }))
 }
 
 fn new_reference() -> Reference {
@@ -118,11 +118,8 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
 /// Reads the body, refusing it as soon as it passes `limit` (a declared length over
 /// the limit is refused before anything is read).
 async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::TooLarge(limit));
     }

@@ -43,8 +43,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         .await
         .map_err(|_| DbError::Cancelled)??;
 
-    let listener = TcpListener::bind(&settings.intake.listen)
-        .map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?;
+    let listener =
+        TcpListener::bind(&settings.intake.listen).map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?;
     let addr = listener.local_addr().map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?;
     let state = api::AppState {
         pool: pool.clone(),
@@ -54,10 +54,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     let relay_wake = state.relay_wake.clone();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .configure(api::routes)
-            .default_service(web::to(api::not_found))
+        App::new().app_data(data.clone()).configure(api::routes).default_service(web::to(api::not_found))
     })
     .workers(settings.intake.workers.max(1))
     // Signals are handled once, by the process, through the shutdown token.

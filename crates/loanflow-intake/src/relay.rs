@@ -89,7 +89,8 @@ async fn drain_once(pool: &PgPool, publisher: &Publisher, batch: i64) -> Result<
         }
     }
     let mut confirmed = Vec::with_capacity(pending.len());
-    let mut unconfirmed: Vec<i64> = rows.iter().map(|r| r.id).filter(|id| !pending.iter().any(|(p, _)| p == id)).collect();
+    let mut unconfirmed: Vec<i64> =
+        rows.iter().map(|r| r.id).filter(|id| !pending.iter().any(|(p, _)| p == id)).collect();
     for (id, confirm) in pending {
         match confirm.await {
             Ok(()) => confirmed.push(id),

@@ -71,9 +71,11 @@ pub async fn start(
     tokio::task::spawn_blocking(move || db::migrate(&migrate_pool, &db_settings.schema, MIGRATIONS))
         .await
         .map_err(|_| DbError::Cancelled)??;
-    let bureau = reqwest::Client::builder().timeout(Duration::from_millis(settings.levels.bureau_timeout_ms)).build()?;
+    let bureau =
+        reqwest::Client::builder().timeout(Duration::from_millis(settings.levels.bureau_timeout_ms)).build()?;
     let stats = Arc::new(LevelStats::default());
-    let level = Arc::new(Level { name: name.to_owned(), kind, settings: settings.clone(), pool, bureau, stats: stats.clone() });
+    let level =
+        Arc::new(Level { name: name.to_owned(), kind, settings: settings.clone(), pool, bureau, stats: stats.clone() });
     let tasks = TaskTracker::new();
     tasks.spawn(broker::consume(settings, step_queue(name), shutdown, move |incoming, publisher| {
         let level = level.clone();

@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -96,13 +96,25 @@ impl Topology {
 
         channel.queue_declare(DEAD_LETTER_QUEUE.into(), durable_queue, self.queue_arguments(false)).await?;
         channel
-            .queue_bind(DEAD_LETTER_QUEUE.into(), DEAD_LETTER_EXCHANGE.into(), "".into(), QueueBindOptions::default(), empty())
+            .queue_bind(
+                DEAD_LETTER_QUEUE.into(),
+                DEAD_LETTER_EXCHANGE.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                empty(),
+            )
             .await?;
         for step in &self.steps {
             let queue = step_queue(step);
             channel.queue_declare(queue.as_str().into(), durable_queue, self.queue_arguments(true)).await?;
             channel
-                .queue_bind(queue.into(), WORK_EXCHANGE.into(), step.as_str().into(), QueueBindOptions::default(), empty())
+                .queue_bind(
+                    queue.into(),
+                    WORK_EXCHANGE.into(),
+                    step.as_str().into(),
+                    QueueBindOptions::default(),
+                    empty(),
+                )
                 .await?;
         }
         channel.queue_declare(STATUS_QUEUE.into(), durable_queue, self.queue_arguments(true)).await?;
@@ -259,12 +271,8 @@ fn header_string(delivery: &Delivery, name: &str) -> Option<String> {
 /// On shutdown it cancels the consumer first (no new deliveries), lets the handlers in
 /// progress finish and settle, then closes the connection: nothing held is lost, and
 /// anything not yet acked is redelivered by the broker.
-pub async fn consume<F, Fut>(
-    settings: Settings,
-    queue: String,
-    shutdown: CancellationToken,
-    handler: F,
-) where
+pub async fn consume<F, Fut>(settings: Settings, queue: String, shutdown: CancellationToken, handler: F)
+where
     F: Fn(Incoming, Publisher) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Disposition> + Send + 'static,
 {
@@ -272,7 +280,8 @@ pub async fn consume<F, Fut>(
     let mut backoff = Backoff::new(&settings.broker);
     loop {
         let Some(conn) = connect_with_backoff(&settings.broker, &shutdown).await else { return };
-        let result = consume_session(&settings, &topology, &conn, &queue, &shutdown, handler.clone(), &mut backoff).await;
+        let result =
+            consume_session(&settings, &topology, &conn, &queue, &shutdown, handler.clone(), &mut backoff).await;
         let _ = conn.close(200, "bye".into()).await;
         match result {
             Ok(()) => return,

@@ -73,12 +73,10 @@ pub fn pool(settings: &DatabaseSettings) -> PgPool {
 pub fn migrate(pool: &PgPool, schema: &str, migrations: EmbeddedMigrations) -> Result<(), DbError> {
     let mut conn = pool.get()?;
     conn.batch_execute("SELECT pg_advisory_lock(hashtext('loanflow.migrate'))")?;
-    let result = conn
-        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-        .map_err(DbError::from)
-        .and_then(|()| {
-            conn.run_pending_migrations(migrations).map(drop).map_err(|e| DbError::Migration(e.to_string()))
-        });
+    let result =
+        conn.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).map_err(DbError::from).and_then(
+            |()| conn.run_pending_migrations(migrations).map(drop).map_err(|e| DbError::Migration(e.to_string())),
+        );
     let unlocked = conn.batch_execute("SELECT pg_advisory_unlock(hashtext('loanflow.migrate'))");
     result?;
     unlocked?;

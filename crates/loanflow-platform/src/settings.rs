@@ -136,16 +136,15 @@ pub struct LedgerSettings {
 impl Settings {
     /// The built-in defaults alone: what tests start from.
     pub fn defaults() -> Result<Settings, SettingsError> {
-        let built = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
-            .build()?;
+        let built =
+            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml)).build()?;
         Settings::checked(built.try_deserialize()?)
     }
 
     /// Defaults, then every `*.toml` in `dir` (alphabetically), then the environment.
     pub fn load(dir: &Path) -> Result<Settings, SettingsError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Ok(entries) = std::fs::read_dir(dir) {
             let mut files: Vec<_> = entries
                 .filter_map(Result::ok)
@@ -214,7 +213,11 @@ mod tests {
     fn files_override_defaults() {
         let dir = std::env::temp_dir().join(format!("loanflow-settings-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("site.toml"), "[chain]\nlevels = [\"kyc\", \"manager\"]\n[levels.manager]\nthreshold = \"75000\"\n").unwrap();
+        std::fs::write(
+            dir.join("site.toml"),
+            "[chain]\nlevels = [\"kyc\", \"manager\"]\n[levels.manager]\nthreshold = \"75000\"\n",
+        )
+        .unwrap();
         let s = Settings::load(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(s.chain.levels, ["kyc", "manager"]);

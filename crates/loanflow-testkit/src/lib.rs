@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::Connection as _;
 use diesel::sql_types::BigInt;
+use diesel::Connection as _;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -249,7 +249,13 @@ impl TestSystem {
             .expect("tap queue");
         let name = queue.name().clone();
         channel
-            .queue_bind(name.clone(), STATUS_EXCHANGE.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                name.clone(),
+                STATUS_EXCHANGE.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .expect("bind tap");
         let mut consumer = channel
@@ -291,7 +297,8 @@ impl TestSystem {
         if let Err(e) = delete_vhost(&self.vhost).await {
             eprintln!("warning: test vhost {} not deleted: {e:#}", self.vhost);
         }
-        let mut schemas = vec![self.settings.intake.database.schema.clone(), self.settings.ledger.database.schema.clone()];
+        let mut schemas =
+            vec![self.settings.intake.database.schema.clone(), self.settings.ledger.database.schema.clone()];
         for level in &self.settings.chain.levels {
             schemas.push(format!("{}{level}", self.settings.levels.database.schema));
         }
@@ -365,7 +372,8 @@ async fn create_vhost(vhost: &str) -> anyhow::Result<()> {
         bail!("creating vhost {vhost}: {}", response.status());
     }
     let response =
-        put(format!("{api}/permissions/{vhost}/guest"), json!({"configure": ".*", "write": ".*", "read": ".*"})).await?;
+        put(format!("{api}/permissions/{vhost}/guest"), json!({"configure": ".*", "write": ".*", "read": ".*"}))
+            .await?;
     if !response.status().is_success() {
         bail!("granting vhost {vhost}: {}", response.status());
     }
@@ -376,7 +384,8 @@ async fn delete_vhost(vhost: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let mut last = None;
     for attempt in 0..5u64 {
-        let result = http.delete(format!("{}/vhosts/{vhost}", management_api())).basic_auth("guest", Some("guest")).send().await;
+        let result =
+            http.delete(format!("{}/vhosts/{vhost}", management_api())).basic_auth("guest", Some("guest")).send().await;
         match result {
             Ok(r) if r.status().is_success() || r.status() == 404 => return Ok(()),
             Ok(r) => last = Some(anyhow::anyhow!("status {}", r.status())),
@@ -396,10 +405,11 @@ async fn ensure_test_database() -> anyhow::Result<()> {
             #[diesel(sql_type = BigInt)]
             n: i64,
         }
-        let exists = diesel::sql_query(format!("SELECT count(*) AS n FROM pg_database WHERE datname = '{TEST_DATABASE}'"))
-            .get_result::<Count>(&mut conn)?
-            .n
-            > 0;
+        let exists =
+            diesel::sql_query(format!("SELECT count(*) AS n FROM pg_database WHERE datname = '{TEST_DATABASE}'"))
+                .get_result::<Count>(&mut conn)?
+                .n
+                > 0;
         if !exists {
             // Tests race to create it; losing the race is fine.
             let _ = conn.batch_execute(&format!("CREATE DATABASE {TEST_DATABASE}"));

@@ -1,6 +1,8 @@
 //! The HTTP contract of the intake: error codes and bodies, and what a rejected
 //! request leaves behind (nothing).
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -45,7 +47,14 @@ fn cases() -> Vec<Case> {
         case("a JSON string", json_ct, b"\"loan\"".to_vec(), 400, "invalid_json", None),
         case("over 16 KiB", json_ct, serde_json::to_vec(&padded).expect("json"), 413, "payload_too_large", None),
         case("text/plain", Some("text/plain"), valid.clone(), 415, "unsupported_media_type", None),
-        case("form encoded", Some("application/x-www-form-urlencoded"), valid.clone(), 415, "unsupported_media_type", None),
+        case(
+            "form encoded",
+            Some("application/x-www-form-urlencoded"),
+            valid.clone(),
+            415,
+            "unsupported_media_type",
+            None,
+        ),
         case("no content type", None, valid, 415, "unsupported_media_type", None),
         case("amount below 500", json_ct, with("amount", json!("499.99")), 422, "validation_failed", Some("amount")),
         case("amount as a number", json_ct, with("amount", json!(25000)), 422, "validation_failed", Some("amount")),
@@ -53,13 +62,62 @@ fn cases() -> Vec<Case> {
         case("currency EUR", json_ct, with("currency", json!("EUR")), 422, "validation_failed", Some("currency")),
         case("term 361", json_ct, with("term_months", json!(361)), 422, "validation_failed", Some("term_months")),
         case("purpose unknown", json_ct, with("purpose", json!("yacht")), 422, "validation_failed", Some("purpose")),
-        case("name missing", json_ct, with("applicant.full_name", Value::Null), 422, "validation_failed", Some("applicant.full_name")),
-        case("email implausible", json_ct, with("applicant.email", json!("ada")), 422, "validation_failed", Some("applicant.email")),
-        case("national id lower case", json_ct, with("applicant.national_id", json!("sbx720a1")), 422, "validation_failed", Some("applicant.national_id")),
-        case("born in the future", json_ct, with("applicant.date_of_birth", json!("2999-01-01")), 422, "validation_failed", Some("applicant.date_of_birth")),
-        case("not a date", json_ct, with("applicant.date_of_birth", json!("1990-02-30")), 422, "validation_failed", Some("applicant.date_of_birth")),
-        case("negative income", json_ct, with("applicant.annual_income", json!("-1.00")), 422, "validation_failed", Some("applicant.annual_income")),
-        case("employment unknown", json_ct, with("applicant.employment_status", json!("pirate")), 422, "validation_failed", Some("applicant.employment_status")),
+        case(
+            "name missing",
+            json_ct,
+            with("applicant.full_name", Value::Null),
+            422,
+            "validation_failed",
+            Some("applicant.full_name"),
+        ),
+        case(
+            "email implausible",
+            json_ct,
+            with("applicant.email", json!("ada")),
+            422,
+            "validation_failed",
+            Some("applicant.email"),
+        ),
+        case(
+            "national id lower case",
+            json_ct,
+            with("applicant.national_id", json!("sbx720a1")),
+            422,
+            "validation_failed",
+            Some("applicant.national_id"),
+        ),
+        case(
+            "born in the future",
+            json_ct,
+            with("applicant.date_of_birth", json!("2999-01-01")),
+            422,
+            "validation_failed",
+            Some("applicant.date_of_birth"),
+        ),
+        case(
+            "not a date",
+            json_ct,
+            with("applicant.date_of_birth", json!("1990-02-30")),
+            422,
+            "validation_failed",
+            Some("applicant.date_of_birth"),
+        ),
+        case(
+            "negative income",
+            json_ct,
+            with("applicant.annual_income", json!("-1.00")),
+            422,
+            "validation_failed",
+            Some("applicant.annual_income"),
+        ),
+        case(
+            "employment unknown",
+            json_ct,
+            with("applicant.employment_status", json!("pirate")),
+            422,
+            "validation_failed",
+            Some("applicant.employment_status"),
+        ),
     ]
 }
 
@@ -95,7 +153,8 @@ async fn bad_input_gets_its_code_and_body_and_leaves_nothing_behind() {
     // checks above could have failed.
     system.submit_ok(&application(720)).await;
     assert_eq!(system.count("intake", "applications", None).await, 1);
-    let published = wait_until(Duration::from_secs(10), || async { system.queue_depth(&step_queue("kyc")).await == 1 }).await;
+    let published =
+        wait_until(Duration::from_secs(10), || async { system.queue_depth(&step_queue("kyc")).await == 1 }).await;
     assert!(published, "the valid submission reaches the kyc queue");
     system.shutdown().await;
 }

@@ -1,5 +1,7 @@
 //! The whole workflow through the real broker and database.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use chrono::{Months, Utc};
@@ -82,10 +84,7 @@ async fn every_outcome_of_the_default_chain() {
     // Above the threshold: waits for a person at the manager level, persisted there.
     let status = system.wait_for_status(&refs[5], "awaiting_approver", FINAL_WITHIN).await;
     assert_eq!(status["current_level"], "manager");
-    assert_eq!(
-        levels(&status),
-        chain(&[("kyc", "approved"), ("credit", "approved"), ("underwriting", "approved")])
-    );
+    assert_eq!(levels(&status), chain(&[("kyc", "approved"), ("credit", "approved"), ("underwriting", "approved")]));
     assert_eq!(system.count("manager", "waiting", Some(&refs[5])).await, 1);
     assert_eq!(system.count("ledger", "loans", Some(&refs[5])).await, 0);
 
@@ -98,7 +97,8 @@ async fn submission_is_answered_before_any_level_runs() {
 
     let reference = system.submit_ok(&application(760)).await;
     // The relay has handed it to the broker: it sits in the first level's queue...
-    let queued = wait_until(Duration::from_secs(10), || async { system.queue_depth(&step_queue("kyc")).await == 1 }).await;
+    let queued =
+        wait_until(Duration::from_secs(10), || async { system.queue_depth(&step_queue("kyc")).await == 1 }).await;
     assert!(queued, "the application should wait in the kyc queue");
     // ...and nobody has decided anything.
     let status = system.status(&reference).await;
@@ -153,7 +153,10 @@ async fn two_instances_of_a_level_share_its_queue_and_decide_each_application_on
         assert_eq!(kyc.get(reference), Some(&1), "{reference} should have exactly one kyc decision on the wire");
         assert_eq!(system.count("ledger", "loans", Some(reference)).await, 1);
     }
-    let (a, b) = (first.decided.load(std::sync::atomic::Ordering::Relaxed), second.decided.load(std::sync::atomic::Ordering::Relaxed));
+    let (a, b) = (
+        first.decided.load(std::sync::atomic::Ordering::Relaxed),
+        second.decided.load(std::sync::atomic::Ordering::Relaxed),
+    );
     assert_eq!(a + b, N as u64, "every application decided once across the two instances");
     assert!(a > 0 && b > 0, "both instances should have taken work: {a} and {b}");
     system.shutdown().await;

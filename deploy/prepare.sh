@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Makes sure what loanflow needs on this machine is there and running:
+# PostgreSQL and RabbitMQ (started if installed, installed with apt-get where we can),
+# the RabbitMQ management plugin (tests create a vhost each through it), the libpq
+# headers the build links against, and the databases. Where it cannot act, it prints
+# the exact command to run, and fails.
+set -euo pipefail
+
+PG_HOST=${PG_HOST:-127.0.0.1}
+PG_PORT=${PG_PORT:-5432}
+PG_USER=${PG_USER:-root}
+AMQP_PORT=${AMQP_PORT:-5672}
+MGMT_PORT=${MGMT_PORT:-15672}
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'loanflow: %s\n' "$*" >&2; exit 1; }
+
+if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo"; else SUDO=none; fi
+apt_updated=false
+apt_install() {
+  if [ "$SUDO" = none ] || ! command -v apt-get >/dev/null; then
+    die "please install: sudo apt-get install -y $*  (then run this again)"
+  fi
+  if ! $apt_updated; then $SUDO apt-get update -qq; apt_updated=true; fi
+  say "installing $*"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+wait_port() { # host port seconds what
+  for _ in $(seq 1 "$3"); do port_open "$1" "$2" && return 0; sleep 1; done
+  die "$4 did not start listening on $1:$2 within $3 s"
+}
+
+# --- build dependency: libpq (diesel links it)
+if ! pkg-config --exists libpq 2>/dev/null && [ ! -e /usr/include/postgresql/libpq-fe.h ]; then
+  apt_install libpq-dev pkg-config
+fi
+
+# --- PostgreSQL
+if ! port_open "$PG_HOST" "$PG_PORT"; then
+  if ! compgen -G "/etc/postgresql/*/main" >/dev/null; then apt_install postgresql; fi
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  say "starting PostgreSQL $version"
+  [ "$SUDO" = none ] && die "PostgreSQL is stopped; run: sudo pg_ctlcluster $version main start"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || $SUDO pg_ctlcluster "$version" main start
+  wait_port "$PG_HOST" "$PG_PORT" 30 PostgreSQL
+fi
+if ! psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+  # A fresh install has no role for us and asks for passwords on TCP: set up the
+  # contract's local development access (role root, trust on loopback).
+  [ "$SUDO" = none ] && die "cannot log in to PostgreSQL as $PG_USER; run: sudo -u postgres createuser -s $PG_USER, and allow trust auth for 127.0.0.1 in pg_hba.conf"
+  say "creating PostgreSQL role $PG_USER with trust on loopback"
+  $SUDO su postgres -c "psql -qc \"DO \\\$\\\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN CREATE ROLE $PG_USER SUPERUSER LOGIN; END IF; END\\\$\\\$\""
+  hba=$($SUDO su postgres -c "psql -Atqc 'show hba_file'")
+  if ! $SUDO grep -q "loanflow" "$hba"; then
+    $SUDO sed -i "1i host all $PG_USER 127.0.0.1/32 trust # loanflow local development\nhost all $PG_USER ::1/128 trust # loanflow local development" "$hba"
+    $SUDO su postgres -c "psql -qc 'select pg_reload_conf()'" >/dev/null
+  fi
+  psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'select 1' >/dev/null || die "still cannot log in to PostgreSQL as $PG_USER"
+fi
+for db in loanflow loanflow_test; do
+  if [ -z "$(psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc "select 1 from pg_database where datname = '$db'")" ]; then
+    say "creating database $db"
+    createdb -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" "$db"
+  fi
+done
+
+# --- RabbitMQ
+if ! port_open 127.0.0.1 "$AMQP_PORT"; then
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  [ "$SUDO" = none ] && die "RabbitMQ is stopped; run: sudo rabbitmq-server -detached"
+  say "starting RabbitMQ"
+  $SUDO rabbitmq-server -detached
+  wait_port 127.0.0.1 "$AMQP_PORT" 90 RabbitMQ
+fi
+if ! port_open 127.0.0.1 "$MGMT_PORT"; then
+  [ "$SUDO" = none ] && die "run: sudo rabbitmq-plugins enable rabbitmq_management"
+  say "enabling the RabbitMQ management plugin"
+  $SUDO rabbitmq-plugins enable rabbitmq_management >/dev/null
+  wait_port 127.0.0.1 "$MGMT_PORT" 60 "RabbitMQ management"
+fi
+say "PostgreSQL and RabbitMQ are up"

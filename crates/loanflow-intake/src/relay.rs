@@ -33,12 +33,16 @@ pub async fn run(settings: Settings, pool: PgPool, wake: Arc<Notify>, shutdown: 
         let result = async {
             let channel = conn.create_channel().await.map_err(BrokerError::from)?;
             Topology::new(&settings).declare(&channel).await?;
+            let _ = channel.close(200, "bye".into()).await;
             let publisher = Publisher::open(&conn).await?;
             backoff.reset();
             loop {
                 while drain_once(&pool, &publisher, settings.intake.relay_batch).await? > 0 {}
                 tokio::select! {
-                    () = shutdown.cancelled() => return Ok::<(), RelayError>(()),
+                    () = shutdown.cancelled() => {
+                        publisher.close().await;
+                        return Ok::<(), RelayError>(());
+                    }
                     () = wake.notified() => {}
                     () = tokio::time::sleep(poll) => {}
                 }

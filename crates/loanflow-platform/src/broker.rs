@@ -198,6 +198,12 @@ impl Publisher {
         Ok(Publisher { channel })
     }
 
+    /// Closes the channel, waiting for the broker's answer. Errors are ignored: a
+    /// channel of a lost connection is closed already.
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "bye".into()).await;
+    }
+
     /// Publishes and waits for the broker's confirm. Errors on a nack, and on a
     /// message the broker could not route (the `mandatory` flag makes it say so
     /// instead of silently dropping it).
@@ -342,6 +348,11 @@ where
     };
     tracker.close();
     tracker.wait().await;
+    // Close channels explicitly (lapin would close them on drop, racing the
+    // connection's close) so that a clean stop logs no error.
+    drop(consumer);
+    publisher.close().await;
+    let _ = channel.close(200, "bye".into()).await;
     outcome
 }
 

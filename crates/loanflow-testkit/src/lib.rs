@@ -52,11 +52,13 @@ pub struct Options {
     pub levels: bool,
     /// Point the intake at a broker that is not there.
     pub intake_broker_down: bool,
+    /// Another approval chain than the default.
+    pub chain: Option<Vec<String>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { levels: true, intake_broker_down: false }
+        Options { levels: true, intake_broker_down: false, chain: None }
     }
 }
 
@@ -108,6 +110,9 @@ impl TestSystem {
         settings.intake.listen = "127.0.0.1:0".into();
         settings.intake.workers = 1;
         settings.bureau.listen = "127.0.0.1:0".into();
+        if let Some(chain) = options.chain {
+            settings.chain.levels = chain;
+        }
 
         let stop = CancellationToken::new();
         let bureau = loanflow_bureau::start(settings.clone(), stop.clone()).await?;

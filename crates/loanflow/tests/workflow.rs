@@ -161,3 +161,20 @@ async fn two_instances_of_a_level_share_its_queue_and_decide_each_application_on
     assert!(a > 0 && b > 0, "both instances should have taken work: {a} and {b}");
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_is_configuration() {
+    // A product without the manager level: a big ticket is approved without a person,
+    // and only the configured levels decide.
+    let levels_only = vec!["kyc".to_owned(), "credit".to_owned(), "underwriting".to_owned()];
+    let system = TestSystem::start_with(Options { chain: Some(levels_only), ..Options::default() }).await;
+    let mut big_ticket = application(800);
+    big_ticket["amount"] = json!("60000.00");
+    big_ticket["applicant"]["annual_income"] = json!("400000.00");
+    let reference = system.submit_ok(&big_ticket).await;
+    let status = system.wait_for_status(&reference, "approved", FINAL_WITHIN).await;
+    assert_eq!(levels(&status), chain(&[("kyc", "approved"), ("credit", "approved"), ("underwriting", "approved")]));
+    assert_eq!(status["offer"]["annual_rate"], "0.0599");
+    assert_eq!(system.count("ledger", "loans", Some(&reference)).await, 1);
+    system.shutdown().await;
+}

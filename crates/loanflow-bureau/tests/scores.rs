@@ -1,0 +1,43 @@
+//! The bureau over real HTTP: sandbox scores, stable scores, bad ids, latency.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use loanflow_platform::{CancellationToken, Settings};
+
+async fn bureau(latency_ms: u64) -> (String, CancellationToken) {
+    let mut settings = Settings::defaults().unwrap();
+    settings.bureau.listen = "127.0.0.1:0".into();
+    settings.bureau.latency_ms = latency_ms;
+    let stop = CancellationToken::new();
+    let running = loanflow_bureau::start(settings, stop.clone()).await.unwrap();
+    (format!("http://{}", running.addr.unwrap()), stop)
+}
+
+async fn get(url: String) -> (u16, serde_json::Value) {
+    let response = reqwest::get(url).await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn scores_sandbox_identities_exactly_and_others_stably() {
+    let (base, stop) = bureau(0).await;
+    assert_eq!(get(format!("{base}/api/scores/SBX720A1")).await, (200, serde_json::json!({"score": 720})));
+    let first = get(format!("{base}/api/scores/AB1234567")).await;
+    assert_eq!(first, get(format!("{base}/api/scores/AB1234567")).await);
+    let (status, body) = get(format!("{base}/api/scores/not-an-id")).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"], "invalid_national_id");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn configured_latency_delays_every_answer() {
+    let (base, stop) = bureau(300).await;
+    let started = Instant::now();
+    let (status, _) = get(format!("{base}/api/scores/SBX700")).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300), "answered after {:?}", started.elapsed());
+    stop.cancel();
+}

@@ -20,7 +20,7 @@ use loanflow_platform::broker::WORK_EXCHANGE;
 use loanflow_platform::db::{blocking, PgPool};
 
 use crate::error::ApiError;
-use crate::store::{self, Submission};
+use crate::store::{self, Recorded, Submission};
 
 /// The contract's limit on a request body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -49,6 +49,7 @@ struct Accepted<'a> {
 #[tracing::instrument(name = "submit", skip_all, fields(reference))]
 async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     require_json(&req)?;
+    let idempotency_key = idempotency_key(&req)?;
     let body = read_limited(&req, payload, MAX_BODY_BYTES).await?;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| ApiError::InvalidJson)?;
     if !value.is_object() {
@@ -81,16 +82,39 @@ async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
         routing_key: first_step,
         payload: envelope.encode(),
     };
-    blocking(&state.pool, move |conn| store::record(conn, &submission)).await?;
-    state.relay_wake.notify_one();
-    tracing::info!("application accepted");
+    let recorded =
+        blocking(&state.pool, move |conn| store::record(conn, &submission, idempotency_key.as_deref())).await?;
+    let reference = match recorded {
+        Recorded::New => {
+            state.relay_wake.notify_one();
+            tracing::info!("application accepted");
+            reference.to_string()
+        }
+        Recorded::Existing(first) => {
+            tracing::Span::current().record("reference", first.as_str());
+            tracing::info!("retried submission answered with its first reference");
+            first
+        }
+        Recorded::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+    };
 
     let status_url = format!("/api/loans/{reference}");
     Ok(HttpResponse::Accepted().insert_header((header::LOCATION, status_url.as_str())).json(Accepted {
-        reference: reference.as_str(),
+        reference: &reference,
         status: Status::Submitted,
         status_url: &status_url,
     }))
+}
+
+/// The optional `Idempotency-Key`: 1 to 128 printable ASCII characters.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let bytes = value.as_bytes();
+    if (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+    } else {
+        Err(ApiError::InvalidIdempotencyKey)
+    }
 }
 
 fn new_reference() -> Reference {

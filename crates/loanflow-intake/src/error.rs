@@ -21,6 +21,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the application breaks {} rule(s); see fields", .0.len())]
     Validation(BTreeMap<String, String>),
+    #[error("the Idempotency-Key header must be 1 to 128 printable ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("this Idempotency-Key was used for a different application")]
+    IdempotencyKeyReused,
     #[error("no such application")]
     NotFound,
     #[error("no such resource")]
@@ -38,6 +42,8 @@ impl ApiError {
             ApiError::TooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
             ApiError::UnsupportedMediaType => ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
             ApiError::Validation(_) => ("validation_failed", StatusCode::UNPROCESSABLE_ENTITY),
+            ApiError::InvalidIdempotencyKey => ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
+            ApiError::IdempotencyKeyReused => ("idempotency_key_reused", StatusCode::CONFLICT),
             ApiError::NotFound | ApiError::NoRoute => ("not_found", StatusCode::NOT_FOUND),
             ApiError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
         }

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use loanflow_platform::broker::{self, STATUS_QUEUE};
 use loanflow_platform::db::{self, DbError};
+use loanflow_platform::health::{self, Health};
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
@@ -53,8 +54,17 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     };
     let relay_wake = state.relay_wake.clone();
     let data = web::Data::new(state);
+    let health = Health::default();
+    let relay_health = health.part("outbox-relay");
+    let projection_health = health.part("status-consumer");
+    let health_data = web::Data::new(health);
     let server = HttpServer::new(move || {
-        App::new().app_data(data.clone()).configure(api::routes).default_service(web::to(api::not_found))
+        App::new()
+            .app_data(data.clone())
+            .app_data(health_data.clone())
+            .configure(health::routes)
+            .configure(api::routes)
+            .default_service(web::to(api::not_found))
     })
     .workers(settings.intake.workers.max(1))
     // Signals are handled once, by the process, through the shutdown token.
@@ -78,10 +88,14 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         // Graceful: requests in progress finish; their outbox rows are committed.
         handle.stop(true).await;
     });
-    tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, shutdown.clone()));
-    tasks.spawn(broker::consume(settings, STATUS_QUEUE.to_owned(), shutdown, move |incoming, _publisher| {
-        projection::handle(pool.clone(), incoming)
-    }));
+    tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, relay_health, shutdown.clone()));
+    tasks.spawn(broker::consume(
+        settings,
+        STATUS_QUEUE.to_owned(),
+        projection_health,
+        shutdown,
+        move |incoming, _publisher| projection::handle(pool.clone(), incoming),
+    ));
     tracing::info!(%addr, "intake listening");
     Ok(Running::new(Some(addr), tasks))
 }

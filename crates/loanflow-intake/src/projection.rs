@@ -26,8 +26,8 @@ pub async fn handle(pool: PgPool, incoming: Incoming) -> Disposition {
         }
         Ok(Applied::UnknownReference) => Disposition::DeadLetter("status event for an unknown reference".into()),
         Err(e) => {
-            tracing::warn!(error = %e, "status event not applied; will retry");
-            Disposition::Requeue
+            tracing::warn!(error = %e, "status event not applied");
+            Disposition::Retry(e.to_string())
         }
     }
 }

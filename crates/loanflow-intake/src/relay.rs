@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use loanflow_platform::broker::{self, Backoff, BrokerError, Outgoing, Publisher, Topology};
 use loanflow_platform::db::{blocking, DbError, PgPool};
+use loanflow_platform::health::Flag;
 use loanflow_platform::Settings;
 
 use crate::store;
@@ -25,7 +26,7 @@ enum RelayError {
     Db(#[from] DbError),
 }
 
-pub async fn run(settings: Settings, pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn run(settings: Settings, pool: PgPool, wake: Arc<Notify>, health: Flag, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(&settings.broker);
     let poll = Duration::from_millis(settings.intake.relay_poll_ms.max(1));
     loop {
@@ -35,6 +36,7 @@ pub async fn run(settings: Settings, pool: PgPool, wake: Arc<Notify>, shutdown: 
             Topology::new(&settings).declare(&channel).await?;
             let _ = channel.close(200, "bye".into()).await;
             let publisher = Publisher::open(&conn).await?;
+            health.set(true);
             backoff.reset();
             loop {
                 while drain_once(&pool, &publisher, settings.intake.relay_batch).await? > 0 {}
@@ -49,6 +51,7 @@ pub async fn run(settings: Settings, pool: PgPool, wake: Arc<Notify>, shutdown: 
             }
         }
         .await;
+        health.set(false);
         let _ = conn.close(200, "bye".into()).await;
         match result {
             Ok(()) => return,

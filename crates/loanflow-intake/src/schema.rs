@@ -26,6 +26,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    idempotency_keys (key) {
+        key -> Text,
+        reference -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     outbox (id) {
         id -> Int8,
         message_id -> Uuid,
@@ -39,5 +47,6 @@ diesel::table! {
 }
 
 diesel::joinable!(decisions -> applications (reference));
+diesel::joinable!(idempotency_keys -> applications (reference));
 
-diesel::allow_tables_to_appear_in_same_query!(applications, decisions, outbox,);
+diesel::allow_tables_to_appear_in_same_query!(applications, decisions, idempotency_keys, outbox,);

@@ -43,10 +43,53 @@ pub struct Submission {
     pub payload: Vec<u8>,
 }
 
-/// Records an accepted application and its first message atomically: either both
-/// exist or neither does.
-pub fn record(conn: &mut PgConnection, s: &Submission) -> Result<(), DbError> {
+/// What recording a submission did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// The idempotency key was seen before, with the same application.
+    Existing(String),
+    /// The idempotency key was seen before, with another application.
+    KeyReused,
+}
+
+/// Records an accepted application, its first message and its idempotency key
+/// atomically: all exist or none does. A key seen before returns the first
+/// submission's reference instead, and records nothing.
+pub fn record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Result<Recorded, DbError> {
+    // Two requests with the same new key can race; the loser's insert violates the
+    // key's primary key, and its second pass finds the winner's row.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_record(conn, s, key) {
+            Err(DbError::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ))) if attempt < 2 && key.is_some() => continue,
+            other => return other,
+        }
+    }
+}
+
+fn try_record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Result<Recorded, DbError> {
+    use crate::schema::idempotency_keys;
     conn.transaction(|conn| {
+        if let Some(key) = key {
+            let first: Option<(String, Value)> = idempotency_keys::table
+                .inner_join(applications::table)
+                .filter(idempotency_keys::key.eq(key))
+                .select((applications::reference, applications::application))
+                .first(conn)
+                .optional()?;
+            if let Some((reference, application)) = first {
+                return Ok(if application == s.application {
+                    Recorded::Existing(reference)
+                } else {
+                    Recorded::KeyReused
+                });
+            }
+        }
         diesel::insert_into(applications::table)
             .values((
                 applications::reference.eq(s.reference.as_str()),
@@ -65,7 +108,12 @@ pub fn record(conn: &mut PgConnection, s: &Submission) -> Result<(), DbError> {
                 outbox::payload.eq(&s.payload),
             ))
             .execute(conn)?;
-        Ok(())
+        if let Some(key) = key {
+            diesel::insert_into(idempotency_keys::table)
+                .values((idempotency_keys::key.eq(key), idempotency_keys::reference.eq(s.reference.as_str())))
+                .execute(conn)?;
+        }
+        Ok(Recorded::New)
     })
 }
 

@@ -13,7 +13,8 @@ use tokio_util::task::TaskTracker;
 use loanflow_domain::messages::{Envelope, StatusEvent, WorkItem, WorkMessage, LEDGER_STEP};
 use loanflow_domain::{Outcome, Reference, Status};
 use loanflow_platform::broker::{self, step_queue, Disposition, Incoming, Publisher};
-use loanflow_platform::db::{self, blocking, DbError, PgPool};
+use loanflow_platform::db::{self, blocking, inbox, DbError, PgPool};
+use loanflow_platform::health::{self, Health};
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
@@ -23,6 +24,8 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../schema/ledge
 pub enum StartError {
     #[error("ledger database: {0}")]
     Database(#[from] DbError),
+    #[error("cannot serve health on {0}: {1}")]
+    Health(String, std::io::Error),
 }
 
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
@@ -33,11 +36,15 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         .await
         .map_err(|_| DbError::Cancelled)??;
     let tasks = TaskTracker::new();
-    tasks.spawn(broker::consume(settings, step_queue(LEDGER_STEP), shutdown, move |incoming, publisher| {
+    let health = Health::default();
+    let consuming = health.part("broker");
+    let listen = settings.ledger.health_listen.clone();
+    let addr = health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Health(listen, e))?;
+    tasks.spawn(broker::consume(settings, step_queue(LEDGER_STEP), consuming, shutdown, move |incoming, publisher| {
         book(pool.clone(), incoming, publisher)
     }));
-    tracing::info!("ledger started");
-    Ok(Running::new(None, tasks))
+    tracing::info!(health = %addr, "ledger started");
+    Ok(Running::new(Some(addr), tasks))
 }
 
 async fn book(pool: PgPool, incoming: Incoming, publisher: Publisher) -> Disposition {
@@ -45,42 +52,57 @@ async fn book(pool: PgPool, incoming: Incoming, publisher: Publisher) -> Disposi
         Ok(e) => e,
         Err(e) => return Disposition::DeadLetter(e.to_string()),
     };
-    let reference = envelope.reference;
+    let (reference, message_id) = (envelope.reference, envelope.message_id);
     let WorkMessage::V1(work) = envelope.body;
     if let Err(why) = bookable(&work) {
         return Disposition::DeadLetter(why);
     }
-    let decisions_so_far = work.decisions.len();
+    let decided = work.decisions.len();
     let offer = work.offer.clone();
     let key = reference.clone();
-    match blocking(&pool, move |conn| insert_loan(conn, &key, &work)).await {
-        Ok(inserted) => {
-            if inserted {
-                tracing::info!("loan booked");
-            } else {
-                tracing::info!("loan was already booked; announcing again");
+    let booked = blocking(&pool, move |conn| {
+        if inbox::seen(conn, message_id)? {
+            return Ok(None);
+        }
+        insert_loan(conn, &key, &work).map(Some)
+    })
+    .await;
+    match booked {
+        Ok(None) => {
+            tracing::info!("duplicate delivery ignored");
+            return Disposition::Ack;
+        }
+        Ok(Some(true)) => tracing::info!("loan booked"),
+        // Booked by an earlier delivery that stopped before announcing it.
+        Ok(Some(false)) => tracing::info!("loan was already booked; announcing it"),
+        Err(e) => {
+            tracing::warn!(error = %e, "loan not booked");
+            if incoming.is_last_attempt() {
+                announce(&publisher, &reference, StatusEvent::progress_seq(decided), Status::Failed, None).await.ok();
             }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "loan not booked; will retry");
-            return Disposition::Requeue;
+            return Disposition::Retry(e.to_string());
         }
     }
-    let event = StatusEvent {
-        seq: StatusEvent::progress_seq(decisions_so_far),
-        status: Status::Approved,
-        current_level: None,
-        decision: None,
-        offer,
-        occurred_at: Utc::now(),
-    };
-    match broker::send_status(&publisher, &reference, event).await {
+    if let Err(e) = announce(&publisher, &reference, StatusEvent::progress_seq(decided), Status::Approved, offer).await
+    {
+        tracing::warn!(error = %e, "booked, but the status was not confirmed");
+        return Disposition::Requeue;
+    }
+    match blocking(&pool, move |conn| inbox::record(conn, message_id)).await {
         Ok(()) => Disposition::Ack,
-        Err(e) => {
-            tracing::warn!(error = %e, "booked, but the status was not confirmed; will retry");
-            Disposition::Requeue
-        }
+        Err(e) => Disposition::Retry(e.to_string()),
     }
+}
+
+async fn announce(
+    publisher: &Publisher,
+    reference: &Reference,
+    seq: u32,
+    status: Status,
+    offer: Option<loanflow_domain::rules::Offer>,
+) -> Result<(), broker::BrokerError> {
+    let event = StatusEvent { seq, status, current_level: None, decision: None, offer, occurred_at: Utc::now() };
+    broker::send_status(publisher, reference, event).await
 }
 
 /// Only a loan every level approved, with an offer, at the ledger step, is booked.

@@ -13,3 +13,12 @@ diesel::table! {
         booked_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    processed_messages (message_id) {
+        message_id -> Uuid,
+        processed_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(loans, processed_messages,);

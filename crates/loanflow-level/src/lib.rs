@@ -22,16 +22,12 @@ use loanflow_domain::messages::{Envelope, StatusEvent, WorkItem, WorkMessage};
 use loanflow_domain::rules::{self, LevelKind, ManagerVerdict, Verdict};
 use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
 use loanflow_platform::broker::{self, step_queue, BrokerError, Disposition, Incoming, Publisher};
-use loanflow_platform::db::{self, blocking, DbError, PgPool};
+use loanflow_platform::db::{self, blocking, inbox, DbError, PgPool};
+use loanflow_platform::health::{self, Health};
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../schema/level");
-
-/// How long a credit decision waits before trying an unavailable bureau again.
-/// Too short hammers a bureau that is struggling; too long delays applications after
-/// it recovers.
-const BUREAU_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -41,6 +37,8 @@ pub enum StartError {
     Database(#[from] DbError),
     #[error("bureau client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("cannot serve health on {0}: {1}")]
+    Health(String, std::io::Error),
 }
 
 /// Counts what this process did; tests read it to see that work was shared.
@@ -77,12 +75,17 @@ pub async fn start(
     let level =
         Arc::new(Level { name: name.to_owned(), kind, settings: settings.clone(), pool, bureau, stats: stats.clone() });
     let tasks = TaskTracker::new();
-    tasks.spawn(broker::consume(settings, step_queue(name), shutdown, move |incoming, publisher| {
+    let health = Health::default();
+    let consuming = health.part("broker");
+    let listen = settings.levels.health_listen.clone();
+    let health_addr =
+        health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Health(listen, e))?;
+    tasks.spawn(broker::consume(settings, step_queue(name), consuming, shutdown, move |incoming, publisher| {
         let level = level.clone();
         async move { level.handle(incoming, publisher).await }
     }));
-    tracing::info!(level = name, "level started");
-    Ok((Running::new(None, tasks), stats))
+    tracing::info!(level = name, health = %health_addr, "level started");
+    Ok((Running::new(Some(health_addr), tasks), stats))
 }
 
 /// What a level's rule came to.
@@ -114,29 +117,60 @@ impl Level {
             Ok(e) => e,
             Err(e) => return Disposition::DeadLetter(e.to_string()),
         };
+        let (reference, message_id) = (envelope.reference, envelope.message_id);
         let WorkMessage::V1(work) = envelope.body;
-        match self.process(&envelope.reference, work, &publisher).await {
+        let decided_so_far = work.decisions.len();
+        match self.process(&reference, message_id, work, &publisher).await {
             Ok(()) => Disposition::Ack,
             Err(StepError::Misrouted(why)) => Disposition::DeadLetter(why),
-            Err(e @ StepError::BureauUnavailable(_)) => {
-                tracing::warn!(error = %e, "credit check delayed");
-                tokio::time::sleep(BUREAU_RETRY_DELAY).await;
+            Err(StepError::Broker(e)) => {
+                // The connection is likely gone; the delivery comes back when it returns.
+                tracing::warn!(error = %e, "outgoing messages not confirmed");
                 Disposition::Requeue
             }
             Err(e) => {
-                tracing::warn!(error = %e, "step not completed; will retry");
-                Disposition::Requeue
+                tracing::warn!(error = %e, "step not completed");
+                if incoming.is_last_attempt() {
+                    self.announce_failure(&reference, decided_so_far, &publisher).await;
+                }
+                Disposition::Retry(e.to_string())
             }
         }
     }
 
-    async fn process(&self, reference: &Reference, mut work: WorkItem, publisher: &Publisher) -> Result<(), StepError> {
+    /// The retry budget is spent: the application becomes `failed` (its message goes
+    /// to the dead-letter queue, from which it can be replayed).
+    async fn announce_failure(&self, reference: &Reference, decided_so_far: usize, publisher: &Publisher) {
+        let event = StatusEvent {
+            seq: StatusEvent::progress_seq(decided_so_far),
+            status: Status::Failed,
+            current_level: Some(self.name.clone()),
+            decision: None,
+            offer: None,
+            occurred_at: Utc::now(),
+        };
+        if let Err(e) = broker::send_status(publisher, reference, event).await {
+            tracing::warn!(error = %e, "could not announce the failure");
+        }
+    }
+
+    async fn process(
+        &self,
+        reference: &Reference,
+        message_id: uuid::Uuid,
+        mut work: WorkItem,
+        publisher: &Publisher,
+    ) -> Result<(), StepError> {
         if work.slip.current() != Some(self.name.as_str()) {
             return Err(StepError::Misrouted(format!(
                 "message for step {:?} reached level {:?}",
                 work.slip.current(),
                 self.name
             )));
+        }
+        if blocking(&self.pool, move |conn| inbox::seen(conn, message_id)).await? {
+            tracing::info!(level = %self.name, "duplicate delivery ignored");
+            return Ok(());
         }
         let step = self.decide(&mut work).await?;
         let now = Utc::now();
@@ -197,6 +231,10 @@ impl Level {
                 tracing::info!(level = %self.name, outcome = verdict.outcome.as_str(), "decided");
             }
         }
+        // Recorded only once everything above is committed and confirmed: a crash
+        // before this line redelivers the message and the step is done again, with
+        // the same message ids, which the next consumers recognise.
+        blocking(&self.pool, move |conn| inbox::record(conn, message_id)).await?;
         self.stats.decided.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -6,6 +6,13 @@
 //! consumer cannot process goes, with the reason in its headers, to `loanflow.dead`
 //! and its queue `loanflow.dead-letters`.
 //!
+//! A transient failure is retried through the broker, not by sleeping in a handler:
+//! the message is published to a delay tier (`loanflow.retry.<ms>`, a fanout exchange
+//! and a queue whose messages expire after that many milliseconds) with the failed
+//! queue's name as routing key. On expiry the broker dead-letters it to the default
+//! exchange, which routes by that key: the message returns to exactly the queue that
+//! failed it (for the status queue, not to every subscriber of the fanout).
+//!
 //! Every service declares the whole topology on start (declarations are idempotent),
 //! so the order in which services start does not matter and no message published
 //! with `mandatory` is ever unroutable because its queue was not created yet.
@@ -26,7 +33,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
 use uuid::Uuid;
 
-use crate::settings::{BrokerSettings, QueueType, Settings};
+use crate::health::Flag;
+use crate::settings::{BrokerSettings, QueueType, RetrySettings, Settings};
 
 pub const WORK_EXCHANGE: &str = "loanflow.work";
 pub const STATUS_EXCHANGE: &str = "loanflow.status";
@@ -37,6 +45,14 @@ pub const STATUS_QUEUE: &str = "loanflow.intake.status";
 pub const REFERENCE_HEADER: &str = "reference";
 pub const REASON_HEADER: &str = "x-loanflow-reason";
 pub const ORIGIN_HEADER: &str = "x-loanflow-origin-queue";
+/// Attempts made so far (absent on a first delivery).
+pub const ATTEMPTS_HEADER: &str = "x-loanflow-attempts";
+/// When a message was dead-lettered, in Unix seconds.
+pub const DEAD_AT_HEADER: &str = "x-loanflow-dead-at";
+
+pub fn retry_exchange(delay_ms: u64) -> String {
+    format!("loanflow.retry.{delay_ms}")
+}
 
 pub fn step_queue(step: &str) -> String {
     format!("loanflow.step.{step}")
@@ -62,13 +78,19 @@ pub struct Topology {
     steps: Vec<String>,
     queue_type: QueueType,
     delivery_limit: u32,
+    retry_tiers: Vec<u64>,
 }
 
 impl Topology {
     pub fn new(settings: &Settings) -> Topology {
         let mut steps = settings.chain.levels.clone();
         steps.push(loanflow_domain::messages::LEDGER_STEP.to_owned());
-        Topology { steps, queue_type: settings.broker.queue_type, delivery_limit: settings.broker.delivery_limit }
+        Topology {
+            steps,
+            queue_type: settings.broker.queue_type,
+            delivery_limit: settings.broker.delivery_limit,
+            retry_tiers: settings.retry.tiers(),
+        }
     }
 
     fn queue_arguments(&self, dead_letter: bool) -> FieldTable {
@@ -115,6 +137,20 @@ impl Topology {
                     QueueBindOptions::default(),
                     empty(),
                 )
+                .await?;
+        }
+        for delay in &self.retry_tiers {
+            // Classic queues: a waiting room needs TTL and dead-lettering, not replication.
+            let name = retry_exchange(*delay);
+            let mut args = FieldTable::default();
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::try_from(*delay).unwrap_or(i64::MAX)));
+            // "" is the default exchange: it routes the expired message by its routing
+            // key, the name of the queue it came from.
+            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+            channel.exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable_exchange, empty()).await?;
+            channel.queue_declare(name.as_str().into(), durable_queue, args).await?;
+            channel
+                .queue_bind(name.as_str().into(), name.as_str().into(), "".into(), QueueBindOptions::default(), empty())
                 .await?;
         }
         channel.queue_declare(STATUS_QUEUE.into(), durable_queue, self.queue_arguments(true)).await?;
@@ -248,6 +284,17 @@ pub struct Incoming {
     /// The reference header, when present: for logs only, never trusted over the body.
     pub reference: Option<String>,
     pub redelivered: bool,
+    /// Attempts already made at this message (0 on its first delivery).
+    pub attempts: u32,
+    pub max_attempts: u32,
+}
+
+impl Incoming {
+    /// Whether a [`Disposition::Retry`] now would spend the retry budget (and so
+    /// dead-letter the message): the moment a handler announces `failed`.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempts + 1 >= self.max_attempts
+    }
 }
 
 /// What to do with a delivery once the handler is done.
@@ -257,27 +304,41 @@ pub enum Disposition {
     Ack,
     /// Cannot ever be processed: moved to the dead-letter queue with the reason.
     DeadLetter(String),
-    /// Not now (a dependency is down): back to the queue for another try.
+    /// Not now (a dependency is down): back to its queue after a backoff delay that
+    /// grows with each attempt; dead-lettered once the retry budget is spent.
+    Retry(String),
+    /// Back to the queue at once, without counting an attempt: for failures of the
+    /// broker connection itself, after which the delivery cannot be settled anyway.
     Requeue,
 }
 
-fn header_string(delivery: &Delivery, name: &str) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(name)? {
+pub(crate) fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
     }
 }
 
+pub(crate) fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        _ => None,
+    }
+}
+
 /// Consumes `queue` until `shutdown`, reconnecting (with backoff) and redeclaring the
-/// topology whenever the connection is lost. Each delivery is handled in its own task
-/// (at most `prefetch` at once) and settled by the handler's [`Disposition`].
+/// topology whenever the connection is lost; `health` says whether it is consuming.
+/// Each delivery is handled in its own task (at most `prefetch` at once) and settled
+/// by the handler's [`Disposition`].
 ///
 /// On shutdown it cancels the consumer first (no new deliveries), lets the handlers in
 /// progress finish and settle, then closes the connection: nothing held is lost, and
 /// anything not yet acked is redelivered by the broker.
-pub async fn consume<F, Fut>(settings: Settings, queue: String, shutdown: CancellationToken, handler: F)
+pub async fn consume<F, Fut>(settings: Settings, queue: String, health: Flag, shutdown: CancellationToken, handler: F)
 where
     F: Fn(Incoming, Publisher) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Disposition> + Send + 'static,
@@ -286,8 +347,9 @@ where
     let mut backoff = Backoff::new(&settings.broker);
     loop {
         let Some(conn) = connect_with_backoff(&settings.broker, &shutdown).await else { return };
-        let result =
-            consume_session(&settings, &topology, &conn, &queue, &shutdown, handler.clone(), &mut backoff).await;
+        let session = Session { settings: &settings, topology: &topology, conn: &conn, queue: &queue, health: &health };
+        let result = session.run(&shutdown, handler.clone(), &mut backoff).await;
+        health.set(false);
         let _ = conn.close(200, "bye".into()).await;
         match result {
             Ok(()) => return,
@@ -303,81 +365,110 @@ where
     }
 }
 
-async fn consume_session<F, Fut>(
-    settings: &Settings,
-    topology: &Topology,
-    conn: &Connection,
-    queue: &str,
-    shutdown: &CancellationToken,
-    handler: F,
-    backoff: &mut Backoff,
-) -> Result<(), BrokerError>
-where
-    F: Fn(Incoming, Publisher) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Disposition> + Send + 'static,
-{
-    let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
-    let publisher = Publisher::open(conn).await?;
-    channel.basic_qos(settings.broker.prefetch, BasicQosOptions::default()).await?;
-    let tag = format!("{queue}.{}", Uuid::new_v4().simple());
-    // no_ack = false (the default): a delivery is ours until we ack it.
-    let mut consumer = channel
-        .basic_consume(queue.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await?;
-    tracing::info!(%queue, "consuming");
-    backoff.reset();
-    let tracker = TaskTracker::new();
-    let outcome = loop {
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                break Ok(());
-            }
-            next = consumer.next() => match next {
-                None => break Err(BrokerError::ConsumerEnded),
-                Some(Err(e)) => break Err(e.into()),
-                Some(Ok(delivery)) => {
-                    let handler = handler.clone();
-                    let publisher = publisher.clone();
-                    let queue = queue.to_owned();
-                    tracker.spawn(async move { settle(delivery, &queue, handler, publisher).await });
-                }
-            }
-        }
-    };
-    tracker.close();
-    tracker.wait().await;
-    // Close channels explicitly (lapin would close them on drop, racing the
-    // connection's close) so that a clean stop logs no error.
-    drop(consumer);
-    publisher.close().await;
-    let _ = channel.close(200, "bye".into()).await;
-    outcome
+/// One connection's worth of consuming.
+struct Session<'a> {
+    settings: &'a Settings,
+    topology: &'a Topology,
+    conn: &'a Connection,
+    queue: &'a str,
+    health: &'a Flag,
 }
 
-async fn settle<F, Fut>(delivery: Delivery, queue: &str, handler: F, publisher: Publisher)
+impl Session<'_> {
+    async fn run<F, Fut>(
+        &self,
+        shutdown: &CancellationToken,
+        handler: F,
+        backoff: &mut Backoff,
+    ) -> Result<(), BrokerError>
+    where
+        F: Fn(Incoming, Publisher) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Disposition> + Send + 'static,
+    {
+        let queue = self.queue;
+        let channel = self.conn.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        let publisher = Publisher::open(self.conn).await?;
+        channel.basic_qos(self.settings.broker.prefetch, BasicQosOptions::default()).await?;
+        let tag = format!("{queue}.{}", Uuid::new_v4().simple());
+        // no_ack = false (the default): a delivery is ours until we ack it.
+        let mut consumer = channel
+            .basic_consume(queue.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        tracing::info!(%queue, "consuming");
+        self.health.set(true);
+        backoff.reset();
+        let tracker = TaskTracker::new();
+        let outcome = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    break Ok(());
+                }
+                next = consumer.next() => match next {
+                    None => break Err(BrokerError::ConsumerEnded),
+                    Some(Err(e)) => break Err(e.into()),
+                    Some(Ok(delivery)) => {
+                        let handler = handler.clone();
+                        let publisher = publisher.clone();
+                        let queue = queue.to_owned();
+                        let retry = self.settings.retry.clone();
+                        tracker.spawn(async move { settle(delivery, &queue, &retry, handler, publisher).await });
+                    }
+                }
+            }
+        };
+        tracker.close();
+        tracker.wait().await;
+        // Close channels explicitly (lapin would close them on drop, racing the
+        // connection's close) so that a clean stop logs no error.
+        drop(consumer);
+        publisher.close().await;
+        let _ = channel.close(200, "bye".into()).await;
+        outcome
+    }
+}
+
+async fn settle<F, Fut>(delivery: Delivery, queue: &str, retry: &RetrySettings, handler: F, publisher: Publisher)
 where
     F: Fn(Incoming, Publisher) -> Fut,
     Fut: Future<Output = Disposition>,
 {
-    let reference = header_string(&delivery, REFERENCE_HEADER);
-    let span = info_span!("delivery", %queue, reference = reference.as_deref().unwrap_or("-"));
+    let reference = header_string(&delivery.properties, REFERENCE_HEADER);
+    let attempts = header_u64(&delivery.properties, ATTEMPTS_HEADER).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    let span = info_span!("delivery", %queue, reference = reference.as_deref().unwrap_or("-"), attempts);
     async {
-        let incoming = Incoming { data: delivery.data.clone(), reference, redelivered: delivery.redelivered };
+        let incoming = Incoming {
+            data: delivery.data.clone(),
+            reference,
+            redelivered: delivery.redelivered,
+            attempts,
+            max_attempts: retry.max_attempts,
+        };
+        let last_attempt = incoming.is_last_attempt();
         let disposition = handler(incoming, publisher.clone()).await;
-        let settled = match &disposition {
-            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-            Disposition::Requeue => {
+        let moved_on = match &disposition {
+            Disposition::Ack => Ok(true),
+            Disposition::Requeue => Ok(false),
+            Disposition::DeadLetter(reason) => dead_letter(&publisher, &delivery, queue, reason, attempts + 1).await,
+            Disposition::Retry(reason) if last_attempt => {
+                let reason = format!("gave up after {} attempts: {reason}", attempts + 1);
+                dead_letter(&publisher, &delivery, queue, &reason, attempts + 1).await
+            }
+            Disposition::Retry(reason) => {
+                let delay = retry.delay_after(attempts + 1);
+                tracing::info!(%reason, retry_in_ms = delay, "will retry");
+                retry_later(&publisher, &delivery, queue, delay, attempts + 1).await
+            }
+        };
+        let settled = match moved_on {
+            // Handled, or safely handed on (a delay tier, the dead-letter queue).
+            Ok(true) => delivery.ack(BasicAckOptions::default()).await,
+            Ok(false) => delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await,
+            Err(e) => {
+                tracing::error!(error = %e, "could not move the message on; returning it to its queue");
                 delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
             }
-            Disposition::DeadLetter(reason) => match dead_letter(&publisher, &delivery, queue, reason).await {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not dead-letter; returning the message to its queue");
-                    delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
-                }
-            },
         };
         // `Ok(false)`: the channel this delivery came on is gone (connection lost);
         // the broker will redeliver it, and the consumers are idempotent.
@@ -391,28 +482,52 @@ where
     .await;
 }
 
-async fn dead_letter(publisher: &Publisher, delivery: &Delivery, queue: &str, reason: &str) -> Result<(), BrokerError> {
+/// Sends the message to the delay tier for `delay_ms`, from which the broker returns
+/// it to `queue`.
+async fn retry_later(
+    publisher: &Publisher,
+    delivery: &Delivery,
+    queue: &str,
+    delay_ms: u64,
+    attempts: u32,
+) -> Result<bool, BrokerError> {
+    let mut headers = FieldTable::default();
+    headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempts));
+    republish(publisher, &delivery.properties, &delivery.data, &retry_exchange(delay_ms), queue, headers).await?;
+    Ok(true)
+}
+
+async fn dead_letter(
+    publisher: &Publisher,
+    delivery: &Delivery,
+    queue: &str,
+    reason: &str,
+    attempts: u32,
+) -> Result<bool, BrokerError> {
     tracing::warn!(%reason, "dead-lettering message");
     let mut headers = FieldTable::default();
     headers.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason)));
     headers.insert(ORIGIN_HEADER.into(), AMQPValue::LongString(LongString::from(queue)));
-    let reference = header_string(delivery, REFERENCE_HEADER).unwrap_or_default();
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .and_then(|id| Uuid::parse_str(id.as_str()).ok())
-        .unwrap_or_else(Uuid::new_v4);
-    publisher
-        .publish(Outgoing {
-            exchange: DEAD_LETTER_EXCHANGE,
-            routing_key: "",
-            reference: &reference,
-            message_id,
-            payload: &delivery.data,
-            headers,
-        })
-        .await
+    headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempts));
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+    headers.insert(DEAD_AT_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(now).unwrap_or(0)));
+    republish(publisher, &delivery.properties, &delivery.data, DEAD_LETTER_EXCHANGE, "", headers).await?;
+    Ok(true)
+}
+
+/// Publishes a received message again, keeping its message id and reference.
+pub(crate) async fn republish(
+    publisher: &Publisher,
+    properties: &BasicProperties,
+    payload: &[u8],
+    exchange: &str,
+    routing_key: &str,
+    headers: FieldTable,
+) -> Result<(), BrokerError> {
+    let reference = header_string(properties, REFERENCE_HEADER).unwrap_or_default();
+    let message_id =
+        properties.message_id().as_ref().and_then(|id| Uuid::parse_str(id.as_str()).ok()).unwrap_or_else(Uuid::new_v4);
+    publisher.publish(Outgoing { exchange, routing_key, reference: &reference, message_id, payload, headers }).await
 }
 
 /// Publishes a status event for `reference` and waits for the broker's confirm.

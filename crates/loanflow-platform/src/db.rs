@@ -101,6 +101,30 @@ where
     .map_err(|_| DbError::Cancelled)?
 }
 
+/// The inbox every consuming service keeps (`processed_messages`, created by its own
+/// migrations): ids of the messages it has fully handled.
+pub mod inbox {
+    use diesel::prelude::*;
+    use diesel::sql_types::Uuid as SqlUuid;
+    use uuid::Uuid;
+
+    use super::DbError;
+
+    pub fn seen(conn: &mut PgConnection, message_id: Uuid) -> Result<bool, DbError> {
+        let found = diesel::sql_query("SELECT 1 FROM processed_messages WHERE message_id = $1")
+            .bind::<SqlUuid, _>(message_id)
+            .execute(conn)?;
+        Ok(found > 0)
+    }
+
+    pub fn record(conn: &mut PgConnection, message_id: Uuid) -> Result<(), DbError> {
+        diesel::sql_query("INSERT INTO processed_messages (message_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind::<SqlUuid, _>(message_id)
+            .execute(conn)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,8 @@
 
 pub mod broker;
 pub mod db;
+pub mod dlq;
+pub mod health;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -23,6 +23,7 @@ pub enum SettingsError {
 pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub broker: BrokerSettings,
+    pub retry: RetrySettings,
     pub chain: ChainSettings,
     pub intake: IntakeSettings,
     pub bureau: BureauSettings,
@@ -60,6 +61,32 @@ pub struct BrokerSettings {
     /// broker that is restarting; too high leaves work waiting after it is back.
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+}
+
+/// Retries of transient failures, through the broker's delay queues.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetrySettings {
+    /// Attempts in all, the first included. Too few fails applications over a short
+    /// outage; too many keeps a hopeless one cycling before anyone sees it.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; each later wait doubles, up to `max_ms`.
+    pub initial_ms: u64,
+    pub max_ms: u64,
+}
+
+impl RetrySettings {
+    /// The wait before attempt `attempt + 1`, after `attempt` attempts (1-based).
+    pub fn delay_after(&self, attempt: u32) -> u64 {
+        let doublings = attempt.saturating_sub(1).min(32);
+        self.initial_ms.max(1).saturating_mul(1u64 << doublings).min(self.max_ms.max(1))
+    }
+
+    /// Every distinct wait: one delay queue each.
+    pub fn tiers(&self) -> Vec<u64> {
+        let mut tiers: Vec<u64> = (1..self.max_attempts.max(1)).map(|a| self.delay_after(a)).collect();
+        tiers.dedup();
+        tiers
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -110,6 +137,7 @@ pub struct BureauSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LevelsSettings {
+    pub health_listen: String,
     pub bureau_url: String,
     /// How long credit waits for the bureau before treating it as unavailable.
     pub bureau_timeout_ms: u64,
@@ -130,6 +158,7 @@ impl LevelsSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LedgerSettings {
+    pub health_listen: String,
     pub database: DatabaseSettings,
 }
 
@@ -207,6 +236,16 @@ mod tests {
         assert_eq!(s.levels.credit, CreditPolicy::default());
         assert_eq!(s.broker.queue_type, QueueType::Quorum);
         assert_eq!(s.levels.database_for("kyc").schema, "level_kyc");
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_the_maximum() {
+        let retry = RetrySettings { max_attempts: 8, initial_ms: 1000, max_ms: 30000 };
+        let delays: Vec<u64> = (1..8).map(|a| retry.delay_after(a)).collect();
+        assert_eq!(delays, [1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        assert_eq!(retry.tiers(), [1000, 2000, 4000, 8000, 16000, 30000]);
+        let once = RetrySettings { max_attempts: 1, initial_ms: 1000, max_ms: 30000 };
+        assert!(once.tiers().is_empty(), "a single attempt never waits");
     }
 
     #[test]

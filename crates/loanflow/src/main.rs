@@ -35,6 +35,30 @@ enum Command {
     Migrate,
     /// Every service in one process.
     All,
+    /// The dead-letter queue: list what is there, replay it.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Reference, origin, reason, attempts and age of every dead letter (no personal data).
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sends dead letters back to the queue they came from, with a fresh retry budget.
+    Replay {
+        /// Replay only this application's dead letters.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        reference: Option<String>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[tokio::main]
@@ -45,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
     let running = match cli.command {
         Command::Migrate => return migrate(&settings).await,
+        Command::Dlq { action } => return dlq(&settings, action).await,
         Command::Intake => vec![loanflow_intake::start(settings, stop).await?],
         Command::Bureau => vec![loanflow_bureau::start(settings, stop).await?],
         Command::Ledger => vec![loanflow_ledger::start(settings, stop).await?],
@@ -70,6 +95,31 @@ async fn start_all(settings: Settings, stop: CancellationToken) -> anyhow::Resul
     }
     running.push(intake);
     Ok(running)
+}
+
+async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
+    match action {
+        DlqAction::List { json } => {
+            let letters = loanflow_platform::dlq::list(settings).await?;
+            if json {
+                for letter in &letters {
+                    println!("{}", serde_json::to_string(letter)?);
+                }
+                return Ok(());
+            }
+            println!("{:<28} {:<28} {:>8} {:>8}  reason", "reference", "origin queue", "attempts", "age (s)");
+            for l in &letters {
+                let age = l.age_seconds.map_or_else(|| "-".to_owned(), |a| a.to_string());
+                println!("{:<28} {:<28} {:>8} {:>8}  {}", l.reference, l.origin_queue, l.attempts, age, l.reason);
+            }
+            println!("{} dead letter(s)", letters.len());
+        }
+        DlqAction::Replay { reference, all: _ } => {
+            let replayed = loanflow_platform::dlq::replay(settings, reference.as_deref()).await?;
+            println!("replayed {replayed} dead letter(s)");
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {

@@ -39,6 +39,9 @@ pub async fn run(settings: Settings, pool: PgPool, wake: Arc<Notify>, health: Fl
             health.set(true);
             backoff.reset();
             loop {
+                if !conn.status().connected() {
+                    return Err(BrokerError::ConnectionLost.into());
+                }
                 while drain_once(&pool, &publisher, settings.intake.relay_batch).await? > 0 {}
                 tokio::select! {
                     () = shutdown.cancelled() => {

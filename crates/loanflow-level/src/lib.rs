@@ -48,6 +48,10 @@ pub struct LevelStats {
 }
 
 struct Level {
+    /// Message ids being handled right now by this process. The inbox catches a
+    /// duplicate that arrives after the first copy is done; this catches one that
+    /// arrives while it is still in progress.
+    in_flight: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     name: String,
     kind: LevelKind,
     settings: Settings,
@@ -72,8 +76,15 @@ pub async fn start(
     let bureau =
         reqwest::Client::builder().timeout(Duration::from_millis(settings.levels.bureau_timeout_ms)).build()?;
     let stats = Arc::new(LevelStats::default());
-    let level =
-        Arc::new(Level { name: name.to_owned(), kind, settings: settings.clone(), pool, bureau, stats: stats.clone() });
+    let level = Arc::new(Level {
+        in_flight: Default::default(),
+        name: name.to_owned(),
+        kind,
+        settings: settings.clone(),
+        pool,
+        bureau,
+        stats: stats.clone(),
+    });
     let tasks = TaskTracker::new();
     let health = Health::default();
     let consuming = health.part("broker");
@@ -106,6 +117,29 @@ enum StepError {
     Broker(#[from] BrokerError),
 }
 
+/// A claim on a message id while it is handled; released on drop.
+struct InFlight<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
+    id: uuid::Uuid,
+}
+
+impl<'a> InFlight<'a> {
+    fn claim(set: &'a std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>, id: uuid::Uuid) -> Option<Self> {
+        // The lock is released before the claim exists: a claim that is dropped (on
+        // the duplicate path) must not re-lock a mutex this statement still holds.
+        let inserted = set.lock().map(|mut ids| ids.insert(id)).unwrap_or(false);
+        inserted.then(|| InFlight { set, id })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct ScoreBody {
     score: u16,
@@ -120,6 +154,9 @@ impl Level {
         let (reference, message_id) = (envelope.reference, envelope.message_id);
         let WorkMessage::V1(work) = envelope.body;
         let decided_so_far = work.decisions.len();
+        let Some(_claim) = InFlight::claim(&self.in_flight, message_id) else {
+            return Disposition::Retry("the same message is being handled already".into());
+        };
         match self.process(&reference, message_id, work, &publisher).await {
             Ok(()) => Disposition::Ack,
             Err(StepError::Misrouted(why)) => Disposition::DeadLetter(why),
@@ -272,5 +309,24 @@ impl Level {
         let response = response.error_for_status().map_err(unavailable)?;
         let body: ScoreBody = response.json().await.map_err(unavailable)?;
         Ok(body.score)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use super::InFlight;
+
+    #[test]
+    fn a_second_claim_on_an_id_is_refused_without_releasing_the_first() {
+        let set = Mutex::new(HashSet::new());
+        let id = uuid::Uuid::new_v4();
+        let first = InFlight::claim(&set, id).expect("first claim");
+        assert!(InFlight::claim(&set, id).is_none(), "the duplicate is refused");
+        assert!(set.lock().unwrap().contains(&id), "and the first claim still holds");
+        drop(first);
+        assert!(InFlight::claim(&set, id).is_some(), "free again once the first is done");
     }
 }

@@ -54,6 +54,19 @@ pub fn retry_exchange(delay_ms: u64) -> String {
     format!("loanflow.retry.{delay_ms}")
 }
 
+/// How often a consumer checks that its connection is still up. lapin does not
+/// always end a consumer's stream when the socket dies (a half-closed socket is
+/// reported on the connection only), so the session watches the connection itself.
+const CONNECTION_CHECK: Duration = Duration::from_millis(500);
+
+/// The longest wait for a broker's confirm. A confirm that never comes (a connection
+/// that died without saying so) must not hold a handler, or the relay, forever.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After losing its connection, how long a session waits for its handlers to finish
+/// before reconnecting anyway (their acks cannot reach the broker; it redelivers).
+const ABANDON_AFTER: Duration = Duration::from_secs(5);
+
 pub fn step_queue(step: &str) -> String {
     format!("loanflow.step.{step}")
 }
@@ -70,6 +83,10 @@ pub enum BrokerError {
     NotConfirmed,
     #[error("the consumer was cancelled by the broker")]
     ConsumerEnded,
+    #[error("the connection to the broker was lost")]
+    ConnectionLost,
+    #[error("the broker did not confirm within {0:?}")]
+    ConfirmTimeout(Duration),
 }
 
 /// Everything the services declare.
@@ -267,7 +284,10 @@ impl Publisher {
             .basic_publish(out.exchange.into(), out.routing_key.into(), options, out.payload, properties)
             .await?;
         Ok(async move {
-            match confirm.await? {
+            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                .await
+                .map_err(|_| BrokerError::ConfirmTimeout(CONFIRM_TIMEOUT))??;
+            match confirmation {
                 Confirmation::Ack(None) => Ok(()),
                 Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable),
                 Confirmation::Nack(_) => Err(BrokerError::Nacked),
@@ -399,11 +419,17 @@ impl Session<'_> {
         self.health.set(true);
         backoff.reset();
         let tracker = TaskTracker::new();
+        let mut check = tokio::time::interval(CONNECTION_CHECK);
         let outcome = loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     break Ok(());
+                }
+                _ = check.tick() => {
+                    if !self.conn.status().connected() {
+                        break Err(BrokerError::ConnectionLost);
+                    }
                 }
                 next = consumer.next() => match next {
                     None => break Err(BrokerError::ConsumerEnded),
@@ -419,7 +445,12 @@ impl Session<'_> {
             }
         };
         tracker.close();
-        tracker.wait().await;
+        if outcome.is_ok() {
+            // A clean stop: every handler finishes and settles what it holds.
+            tracker.wait().await;
+        } else if tokio::time::timeout(ABANDON_AFTER, tracker.wait()).await.is_err() {
+            tracing::warn!(%queue, "handlers still running after the connection was lost; reconnecting anyway");
+        }
         // Close channels explicitly (lapin would close them on drop, racing the
         // connection's close) so that a clean stop logs no error.
         drop(consumer);

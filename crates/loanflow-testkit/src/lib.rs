@@ -27,8 +27,12 @@ use tokio_util::sync::CancellationToken;
 use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
 use loanflow_level::LevelStats;
 use loanflow_platform::broker::{Topology, STATUS_EXCHANGE};
+use loanflow_platform::settings::RetrySettings;
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
+
+mod proxy;
+pub use proxy::FaultProxy;
 
 /// The PostgreSQL server tests use (a database of their own is created on it).
 fn pg_server() -> String {
@@ -54,16 +58,28 @@ pub struct Options {
     pub intake_broker_down: bool,
     /// Another approval chain than the default.
     pub chain: Option<Vec<String>>,
+    /// Retry policy; tests default to short waits so that a retry budget is spent in
+    /// seconds, not minutes.
+    pub retry: RetrySettings,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { levels: true, intake_broker_down: false, chain: None }
+        Options {
+            levels: true,
+            intake_broker_down: false,
+            chain: None,
+            retry: RetrySettings { max_attempts: 10, initial_ms: 100, max_ms: 1000 },
+        }
     }
 }
 
 pub struct TestSystem {
     pub settings: Settings,
+    /// Between the intake and the broker.
+    pub intake_broker: FaultProxy,
+    /// Between the credit level and the bureau.
+    pub bureau: FaultProxy,
     pub id: String,
     pub vhost: String,
     pub base_url: String,
@@ -110,6 +126,7 @@ impl TestSystem {
         settings.intake.listen = "127.0.0.1:0".into();
         settings.intake.workers = 1;
         settings.bureau.listen = "127.0.0.1:0".into();
+        settings.retry = options.retry.clone();
         if let Some(chain) = options.chain {
             settings.chain.levels = chain;
         }
@@ -117,9 +134,12 @@ impl TestSystem {
         let stop = CancellationToken::new();
         let bureau = loanflow_bureau::start(settings.clone(), stop.clone()).await?;
         let bureau_addr = bureau.addr.context("bureau address")?;
-        settings.levels.bureau_url = format!("http://{bureau_addr}");
+        let bureau_proxy = FaultProxy::start(bureau_addr).await;
+        settings.levels.bureau_url = format!("http://{}", bureau_proxy.addr());
         let ledger = loanflow_ledger::start(settings.clone(), stop.clone()).await?;
         let mut intake_settings = settings.clone();
+        let intake_broker = FaultProxy::start(amqp_addr()?).await;
+        intake_settings.broker.url = proxied_amqp_url(&settings.broker.url, intake_broker.addr());
         if options.intake_broker_down {
             // Port 1 on loopback: nothing listens there, connections are refused.
             intake_settings.broker.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
@@ -128,6 +148,8 @@ impl TestSystem {
         let base_url = format!("http://{}", intake.addr.context("intake address")?);
         let mut system = TestSystem {
             settings,
+            intake_broker,
+            bureau: bureau_proxy,
             id,
             vhost,
             base_url,
@@ -162,6 +184,42 @@ impl TestSystem {
             loanflow_level::start(self.settings.clone(), name, token.clone()).await.expect("level should start");
         self.levels.push((name.to_owned(), token, running));
         stats
+    }
+
+    /// Starts an instance of a level whose broker connection goes through a proxy
+    /// the test can cut.
+    pub async fn start_level_behind_proxy(&mut self, name: &str) -> (Arc<LevelStats>, FaultProxy) {
+        let proxy = FaultProxy::start(amqp_addr().expect("broker address")).await;
+        let mut settings = self.settings.clone();
+        settings.broker.url = proxied_amqp_url(&self.settings.broker.url, proxy.addr());
+        let token = self.stop.child_token();
+        let (running, stats) = loanflow_level::start(settings, name, token.clone()).await.expect("level should start");
+        self.levels.push((name.to_owned(), token, running));
+        (stats, proxy)
+    }
+
+    /// Runs a level as its own operating-system process (`loanflow level <name>`), so
+    /// that a test can kill it. `binary` is the `loanflow` executable.
+    pub fn spawn_level_process(&self, binary: &str, name: &str) -> tokio::process::Child {
+        let s = &self.settings;
+        let retry = &s.retry;
+        tokio::process::Command::new(binary)
+            .args(["level", name])
+            .env("LOANFLOW_CONFIG_DIR", "/nonexistent")
+            .env("LOANFLOW__BROKER__URL", &s.broker.url)
+            .env("LOANFLOW__BROKER__RECONNECT_MAX_MS", s.broker.reconnect_max_ms.to_string())
+            .env("LOANFLOW__CHAIN__LEVELS", s.chain.levels.join(","))
+            .env("LOANFLOW__RETRY__MAX_ATTEMPTS", retry.max_attempts.to_string())
+            .env("LOANFLOW__RETRY__INITIAL_MS", retry.initial_ms.to_string())
+            .env("LOANFLOW__RETRY__MAX_MS", retry.max_ms.to_string())
+            .env("LOANFLOW__LEVELS__DATABASE__URL", &s.levels.database.url)
+            .env("LOANFLOW__LEVELS__DATABASE__SCHEMA", &s.levels.database.schema)
+            .env("LOANFLOW__LEVELS__DATABASE__POOL_SIZE", s.levels.database.pool_size.to_string())
+            .env("LOANFLOW__LEVELS__BUREAU_URL", &s.levels.bureau_url)
+            .env("LOANFLOW__TELEMETRY__FILTER", if std::env::var("TEST_LOG").is_ok() { "info" } else { "error" })
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the loanflow binary starts")
     }
 
     pub async fn amqp(&self) -> anyhow::Result<Connection> {
@@ -274,7 +332,11 @@ impl TestSystem {
             while let Some(Ok(delivery)) = consumer.next().await {
                 if let Ok(env) = Envelope::<StatusMessage>::decode(&delivery.data) {
                     let StatusMessage::V1(event) = env.body;
-                    sink.lock().expect("tap lock").push((env.reference.to_string(), event));
+                    sink.lock().expect("tap lock").push(Tapped {
+                        reference: env.reference.to_string(),
+                        message_id: env.message_id,
+                        event,
+                    });
                 }
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
@@ -319,26 +381,48 @@ impl TestSystem {
     }
 }
 
+/// One status event seen on the wire.
+#[derive(Debug, Clone)]
+pub struct Tapped {
+    pub reference: String,
+    pub message_id: uuid::Uuid,
+    pub event: StatusEvent,
+}
+
 /// Status events seen on the wire, by reference.
 pub struct EventTap {
-    events: Arc<Mutex<Vec<(String, StatusEvent)>>>,
+    events: Arc<Mutex<Vec<Tapped>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl EventTap {
-    pub fn events(&self) -> Vec<(String, StatusEvent)> {
+    pub fn events(&self) -> Vec<Tapped> {
         self.events.lock().expect("tap lock").clone()
     }
 
     /// How many decision events each reference got from `level`.
     pub fn decisions_by(&self, level: &str) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
-        for (reference, event) in self.events() {
-            if event.decision.as_ref().is_some_and(|d| d.level == level) {
-                *counts.entry(reference).or_insert(0) += 1;
+        for t in self.events() {
+            if t.event.decision.as_ref().is_some_and(|d| d.level == level) {
+                *counts.entry(t.reference).or_insert(0) += 1;
             }
         }
         counts
+    }
+
+    /// (reference, level) pairs whose decision events on the wire disagree. A level
+    /// may announce the same decision twice under at-least-once delivery (consumers
+    /// absorb it); it must never announce two different ones.
+    pub fn conflicting_decisions(&self) -> Vec<(String, String)> {
+        let mut seen: HashMap<(String, String), std::collections::HashSet<String>> = HashMap::new();
+        for t in self.events() {
+            if let Some(d) = &t.event.decision {
+                let key = (t.reference, d.level.clone());
+                seen.entry(key).or_default().insert(format!("{:?}/{}/{:?}", d.outcome, d.reason, d.decided_by));
+            }
+        }
+        seen.into_iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| k).collect()
     }
 }
 
@@ -364,6 +448,21 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The broker's address, for proxies in front of it.
+fn amqp_addr() -> anyhow::Result<std::net::SocketAddr> {
+    let server = amqp_server();
+    let host_port = server.rsplit('@').next().unwrap_or(&server).trim_start_matches("amqp://");
+    use std::net::ToSocketAddrs;
+    host_port.to_socket_addrs()?.next().context("broker address")
+}
+
+/// `url` with its host and port replaced by the proxy's.
+fn proxied_amqp_url(url: &str, proxy: std::net::SocketAddr) -> String {
+    let (credentials, rest) = url.trim_start_matches("amqp://").split_once('@').unwrap_or(("guest:guest", url));
+    let vhost = rest.split_once('/').map(|(_, v)| v).unwrap_or("");
+    format!("amqp://{credentials}@{proxy}/{vhost}")
 }
 
 async fn create_vhost(vhost: &str) -> anyhow::Result<()> {

@@ -207,3 +207,53 @@ async fn submissions_are_accepted_while_the_broker_is_unreachable() {
     assert_eq!(system.count("intake", "outbox", Some(&reference)).await, 1, "the message waits in the outbox");
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_makes_a_retried_submission_return_the_first_reference() {
+    let system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    let post = |key: &str, body: &Value| {
+        system.http.post(system.url("/api/loans")).header("idempotency-key", key).json(body).send()
+    };
+    let body = application(720);
+
+    // Retried, also concurrently: one application, one reference.
+    let first = post("retry-me-1", &body).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let reference = first.json::<Value>().await.unwrap()["reference"].clone();
+    let retries = futures_util::future::join_all((0..8).map(|_| post("retry-me-1", &body))).await;
+    for retry in retries {
+        let retry = retry.unwrap();
+        assert_eq!(retry.status(), 202);
+        assert_eq!(retry.json::<Value>().await.unwrap()["reference"], reference);
+    }
+    let racing = futures_util::future::join_all((0..8).map(|_| post("raced-key", &body))).await;
+    let mut raced = std::collections::HashSet::new();
+    for r in racing {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 202);
+        raced.insert(r.json::<Value>().await.unwrap()["reference"].to_string());
+    }
+    assert_eq!(raced.len(), 1, "concurrent first submissions with one key make one application");
+    assert_eq!(system.count("intake", "applications", None).await, 2);
+    let two_messages = wait_until(Duration::from_secs(10), || async {
+        system.count("intake", "outbox", None).await == 0 && system.queue_depth(&step_queue("kyc")).await == 2
+    })
+    .await;
+    assert!(two_messages, "one message per application reaches the broker");
+
+    // The same key for another application is refused, and records nothing.
+    let mut other = application(720);
+    other["amount"] = json!("30000.00");
+    let conflict = post("retry-me-1", &other).await.unwrap();
+    assert_eq!(conflict.status(), 409);
+    assert_eq!(conflict.json::<Value>().await.unwrap()["error"], "idempotency_key_reused");
+
+    // A key outside 1..=128 printable ASCII is refused.
+    for bad in ["".to_owned(), "k".repeat(129), "tab\there".to_owned()] {
+        let response = post(&bad, &body).await.unwrap();
+        assert_eq!(response.status(), 400, "{bad:?}");
+        assert_eq!(response.json::<Value>().await.unwrap()["error"], "invalid_idempotency_key");
+    }
+    assert_eq!(system.count("intake", "applications", None).await, 2);
+    system.shutdown().await;
+}

@@ -1,0 +1,293 @@
+//! Fault injection: the delivery guarantees, each proven by breaking something under
+//! load and checking, at the end, that every accepted application reached a final
+//! status, that every approved loan has exactly one ledger row, and that no level
+//! decided anything twice.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::BasicProperties;
+use serde_json::Value;
+
+use loanflow_platform::broker::{step_queue, DEAD_LETTER_QUEUE, STATUS_QUEUE};
+use loanflow_platform::settings::RetrySettings;
+use loanflow_testkit::{application, wait_until, Options, TestSystem};
+
+/// How long each outage lasts: the 10 seconds.
+const OUTAGE: Duration = Duration::from_secs(10);
+const SETTLE_WITHIN: Duration = Duration::from_secs(90);
+
+/// Submits `n` applications, `chunk` at a time; every one must be accepted.
+async fn submit_many(system: &TestSystem, n: usize) -> Vec<String> {
+    let mut refs = Vec::with_capacity(n);
+    let bodies: Vec<Value> = (0..n).map(|i| application(if i % 2 == 0 { 720 } else { 810 })).collect();
+    for chunk in bodies.chunks(25) {
+        refs.extend(join_all(chunk.iter().map(|b| system.submit_ok(b))).await);
+    }
+    refs
+}
+
+/// The end-of-scenario invariants.
+async fn assert_all_approved_once(system: &TestSystem, refs: &[String]) {
+    for reference in refs {
+        let status = system.wait_for_status(reference, "approved", SETTLE_WITHIN).await;
+        let levels: Vec<&str> =
+            status["decisions"].as_array().unwrap().iter().map(|d| d["level"].as_str().unwrap()).collect();
+        assert_eq!(levels, ["kyc", "credit", "underwriting", "manager"], "{reference}: one decision per level");
+    }
+    assert_eq!(system.count("ledger", "loans", None).await, refs.len() as i64, "one ledger row per approved loan");
+}
+
+async fn wait_ready(system: &TestSystem, ready: bool) -> bool {
+    let url = system.url("/health/ready");
+    wait_until(Duration::from_secs(15), || async {
+        let status = system.http.get(&url).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+        (status == 200) == ready
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_survives_its_broker_connection_cut_for_ten_seconds() {
+    let system = TestSystem::start().await;
+    let tap = system.tap_status_events().await;
+    assert!(wait_ready(&system, true).await, "ready once connected");
+    let mut refs = submit_many(&system, 150).await;
+
+    system.intake_broker.cut();
+    assert!(wait_ready(&system, false).await, "not ready while the broker is unreachable");
+    // Applicants are still answered at once: their applications wait in the outbox.
+    refs.extend(submit_many(&system, 150).await);
+    tokio::time::sleep(OUTAGE).await; // the outage itself, not a wait for a condition
+    system.intake_broker.restore();
+    assert!(wait_ready(&system, true).await, "ready again once reconnected");
+
+    assert_all_approved_once(&system, &refs).await;
+    assert_eq!(system.count("intake", "outbox", None).await, 0, "the relay caught up");
+    assert_eq!(tap.conflicting_decisions(), Vec::<(String, String)>::new());
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_survives_its_broker_connection_cut_for_ten_seconds() {
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    let tap = system.tap_status_events().await;
+    for level in ["kyc", "underwriting", "manager"] {
+        system.start_level(level).await;
+    }
+    let (_, credit_link) = system.start_level_behind_proxy("credit").await;
+    let mut refs = submit_many(&system, 150).await;
+    let busy = wait_until(Duration::from_secs(20), || async { tap.decisions_by("credit").len() >= 20 }).await;
+    assert!(busy, "credit is deciding when its connection is cut");
+
+    credit_link.cut();
+    refs.extend(submit_many(&system, 150).await);
+    tokio::time::sleep(OUTAGE).await;
+    credit_link.restore();
+
+    assert_all_approved_once(&system, &refs).await;
+    assert_eq!(tap.conflicting_decisions(), Vec::<(String, String)>::new());
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bureau_outage_delays_applications_without_failing_them() {
+    // Retries back off from 200 ms to 2 s: 12 attempts span about 17 s, longer than
+    // the outage.
+    let retry = RetrySettings { max_attempts: 12, initial_ms: 200, max_ms: 2000 };
+    let system = TestSystem::start_with(Options { retry, ..Options::default() }).await;
+    system.bureau.cut();
+    let refs = submit_many(&system, 50).await;
+    // They reach credit and wait there: neither failed nor rejected.
+    for reference in &refs {
+        let status = system.wait_for_status(reference, "in_review", SETTLE_WITHIN).await;
+        assert_eq!(status["current_level"], "credit");
+    }
+    tokio::time::sleep(OUTAGE).await;
+    for reference in &refs {
+        let status = system.status(reference).await["status"].clone();
+        assert_eq!(status, "in_review", "{reference} is still waiting, not failed");
+    }
+    system.bureau.restore();
+    assert_all_approved_once(&system, &refs).await;
+    assert_eq!(system.queue_depth(DEAD_LETTER_QUEUE).await, 0);
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_retry_budget_applications_fail_then_complete_after_replay() {
+    let retry = RetrySettings { max_attempts: 3, initial_ms: 100, max_ms: 200 };
+    let system = TestSystem::start_with(Options { retry, ..Options::default() }).await;
+    system.bureau.cut();
+    let refs = submit_many(&system, 20).await;
+    for reference in &refs {
+        let status = system.wait_for_status(reference, "failed", SETTLE_WITHIN).await;
+        assert_eq!(status["current_level"], "credit");
+    }
+    let letters = loanflow_platform::dlq::list(&system.settings).await.unwrap();
+    assert_eq!(letters.len(), refs.len(), "every failed application's message is kept");
+    for letter in &letters {
+        assert!(refs.contains(&letter.reference));
+        assert_eq!(letter.origin_queue, step_queue("credit"));
+        assert_eq!(letter.attempts, 3);
+        assert!(letter.reason.contains("gave up after 3 attempts") && letter.reason.contains("bureau"), "{letter:?}");
+    }
+
+    system.bureau.restore();
+    // One first, by reference; then the rest.
+    assert_eq!(loanflow_platform::dlq::replay(&system.settings, Some(&refs[0])).await.unwrap(), 1);
+    system.wait_for_status(&refs[0], "approved", SETTLE_WITHIN).await;
+    assert_eq!(loanflow_platform::dlq::replay(&system.settings, None).await.unwrap(), refs.len() - 1);
+    assert_all_approved_once(&system, &refs).await;
+    assert_eq!(system.queue_depth(DEAD_LETTER_QUEUE).await, 0);
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_killed_with_sigkill_mid_load_loses_nothing() {
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    let tap = system.tap_status_events().await;
+    for level in ["kyc", "underwriting", "manager"] {
+        system.start_level(level).await;
+    }
+    let binary = env!("CARGO_BIN_EXE_loanflow");
+    let mut credit = system.spawn_level_process(binary, "credit");
+    let refs = submit_many(&system, 300).await;
+    let busy = wait_until(Duration::from_secs(30), || async { tap.decisions_by("credit").len() >= 30 }).await;
+    assert!(busy, "credit is deciding when it is killed");
+
+    credit.kill().await.unwrap(); // SIGKILL: no chance to clean up
+    let decided_before = tap.decisions_by("credit").len();
+    assert!(decided_before < refs.len(), "killed mid-load ({decided_before} of {} decided)", refs.len());
+    let _restarted = system.spawn_level_process(binary, "credit");
+
+    assert_all_approved_once(&system, &refs).await;
+    assert_eq!(tap.conflicting_decisions(), Vec::<(String, String)>::new());
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_level_cleanly_and_loses_nothing() {
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    let tap = system.tap_status_events().await;
+    for level in ["kyc", "underwriting", "manager"] {
+        system.start_level(level).await;
+    }
+    let binary = env!("CARGO_BIN_EXE_loanflow");
+    let mut credit = system.spawn_level_process(binary, "credit");
+    let refs = submit_many(&system, 200).await;
+    let busy = wait_until(Duration::from_secs(30), || async { !tap.decisions_by("credit").is_empty() }).await;
+    assert!(busy);
+
+    let pid = credit.id().unwrap().to_string();
+    let signalled = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(signalled.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), credit.wait()).await.expect("exits promptly").unwrap();
+    assert!(exit.success(), "a clean stop exits 0, got {exit:?}");
+    let _restarted = system.spawn_level_process(binary, "credit");
+
+    assert_all_approved_once(&system, &refs).await;
+    assert_eq!(tap.conflicting_decisions(), Vec::<(String, String)>::new());
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_delivered_twice_is_decided_once() {
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    let tap = system.tap_status_events().await;
+    let reference = system.submit_ok(&application(720)).await;
+    let queued =
+        wait_until(Duration::from_secs(10), || async { system.queue_depth(&step_queue("kyc")).await == 1 }).await;
+    assert!(queued);
+
+    // Copy the message in the kyc queue, byte for byte and with its properties.
+    let conn = system.amqp().await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let original =
+        channel.basic_get(step_queue("kyc").as_str().into(), BasicGetOptions { no_ack: false }).await.unwrap().unwrap();
+    let props: BasicProperties = original.delivery.properties.clone();
+    channel
+        .basic_publish(
+            "".into(),
+            step_queue("kyc").as_str().into(),
+            BasicPublishOptions::default(),
+            &original.delivery.data,
+            props,
+        )
+        .await
+        .unwrap();
+    channel.close(200, "bye".into()).await.unwrap(); // the original returns to the queue
+    conn.close(200, "bye".into()).await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || async { system.queue_depth(&step_queue("kyc")).await == 2 }).await);
+
+    for level in system.settings.chain.levels.clone() {
+        system.start_level(&level).await;
+    }
+    system.wait_for_status(&reference, "approved", SETTLE_WITHIN).await;
+    let drained =
+        wait_until(Duration::from_secs(10), || async { system.queue_depth(&step_queue("kyc")).await == 0 }).await;
+    assert!(drained, "the duplicate was consumed too");
+    // Let any second decision reach the tap before counting: every later step is idle.
+    for step in ["credit", "underwriting", "manager", "ledger"] {
+        assert!(
+            wait_until(Duration::from_secs(10), || async { system.queue_depth(&step_queue(step)).await == 0 }).await
+        );
+    }
+    assert!(wait_until(Duration::from_secs(10), || async { system.queue_depth(STATUS_QUEUE).await == 0 }).await);
+    for level in ["kyc", "credit", "underwriting", "manager"] {
+        assert_eq!(tap.decisions_by(level).get(&reference), Some(&1), "{level} decided once, announced once");
+    }
+    assert_eq!(system.status(&reference).await["decisions"].as_array().unwrap().len(), 4);
+    assert_eq!(system.count("ledger", "loans", Some(&reference)).await, 1);
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_at_once_and_the_line_moves_on() {
+    let system = TestSystem::start().await;
+    let mut unknown_version = serde_json::to_value(application(720)).unwrap();
+    unknown_version = serde_json::json!({
+        "message_id": "5f0c6a2e-0000-4000-8000-000000000001",
+        "reference": "LN-000000000000000000000000",
+        "sent_at": "2026-11-24T10:00:00Z",
+        "type": "loan.work.v9",
+        "data": unknown_version,
+    });
+    let poisons: [Vec<u8>; 2] = [b"\xff\xfe not json".to_vec(), serde_json::to_vec(&unknown_version).unwrap()];
+    let mut queues: Vec<String> = system.settings.chain.levels.iter().map(|l| step_queue(l)).collect();
+    queues.push(step_queue("ledger"));
+    queues.push(STATUS_QUEUE.to_owned());
+
+    let conn = system.amqp().await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    for queue in &queues {
+        for poison in &poisons {
+            let props = BasicProperties::default().with_delivery_mode(2);
+            channel
+                .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), poison, props)
+                .await
+                .unwrap();
+        }
+    }
+    let expected = (queues.len() * poisons.len()) as u32;
+    let all_dead =
+        wait_until(Duration::from_secs(20), || async { system.queue_depth(DEAD_LETTER_QUEUE).await == expected }).await;
+    assert!(all_dead, "every poison message is dead-lettered at once (no retries)");
+    let letters = loanflow_platform::dlq::list(&system.settings).await.unwrap();
+    for queue in &queues {
+        let from_here: Vec<_> = letters.iter().filter(|l| &l.origin_queue == queue).collect();
+        assert_eq!(from_here.len(), 2, "{queue}");
+        assert!(
+            from_here.iter().all(|l| l.reason.starts_with("undecodable message") && l.attempts == 1),
+            "{from_here:?}"
+        );
+    }
+    // The line still moves.
+    let reference = system.submit_ok(&application(720)).await;
+    system.wait_for_status(&reference, "approved", SETTLE_WITHIN).await;
+    let _ = conn.close(200, "bye".into()).await;
+    system.shutdown().await;
+}

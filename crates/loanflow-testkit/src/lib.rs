@@ -188,14 +188,28 @@ impl TestSystem {
 
     /// Starts an instance of a level whose broker connection goes through a proxy
     /// the test can cut.
-    pub async fn start_level_behind_proxy(&mut self, name: &str) -> (Arc<LevelStats>, FaultProxy) {
+    pub async fn start_level_behind_proxy(&mut self, name: &str) -> ProxiedLevel {
         let proxy = FaultProxy::start(amqp_addr().expect("broker address")).await;
         let mut settings = self.settings.clone();
         settings.broker.url = proxied_amqp_url(&self.settings.broker.url, proxy.addr());
+        self.start_level_with(settings, name, proxy).await
+    }
+
+    /// Starts an instance of a level whose database connections go through a proxy
+    /// the test can cut.
+    pub async fn start_level_behind_db_proxy(&mut self, name: &str) -> ProxiedLevel {
+        let proxy = FaultProxy::start(pg_addr().expect("database address")).await;
+        let mut settings = self.settings.clone();
+        settings.levels.database.url = format!("postgres://root@{}/{TEST_DATABASE}", proxy.addr());
+        self.start_level_with(settings, name, proxy).await
+    }
+
+    async fn start_level_with(&mut self, settings: Settings, name: &str, proxy: FaultProxy) -> ProxiedLevel {
         let token = self.stop.child_token();
         let (running, stats) = loanflow_level::start(settings, name, token.clone()).await.expect("level should start");
+        let health = format!("http://{}/health/ready", running.addr.expect("level health address"));
         self.levels.push((name.to_owned(), token, running));
-        (stats, proxy)
+        ProxiedLevel { stats, proxy, health }
     }
 
     /// Runs a level as its own operating-system process (`loanflow level <name>`), so
@@ -381,6 +395,14 @@ impl TestSystem {
     }
 }
 
+/// A level started behind a fault proxy.
+pub struct ProxiedLevel {
+    pub stats: Arc<LevelStats>,
+    pub proxy: FaultProxy,
+    /// The level's readiness endpoint.
+    pub health: String,
+}
+
 /// One status event seen on the wire.
 #[derive(Debug, Clone)]
 pub struct Tapped {
@@ -456,6 +478,14 @@ fn amqp_addr() -> anyhow::Result<std::net::SocketAddr> {
     let host_port = server.rsplit('@').next().unwrap_or(&server).trim_start_matches("amqp://");
     use std::net::ToSocketAddrs;
     host_port.to_socket_addrs()?.next().context("broker address")
+}
+
+/// The database server's address, for proxies in front of it.
+fn pg_addr() -> anyhow::Result<std::net::SocketAddr> {
+    let server = pg_server();
+    let host_port = server.rsplit('@').next().unwrap_or(&server).trim_start_matches("postgres://");
+    use std::net::ToSocketAddrs;
+    host_port.to_socket_addrs()?.next().context("database address")
 }
 
 /// `url` with its host and port replaced by the proxy's.

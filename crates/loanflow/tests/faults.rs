@@ -42,9 +42,13 @@ async fn assert_all_approved_once(system: &TestSystem, refs: &[String]) {
 }
 
 async fn wait_ready(system: &TestSystem, ready: bool) -> bool {
-    let url = system.url("/health/ready");
+    probe_ready(system, &system.url("/health/ready"), ready).await
+}
+
+/// Waits until a readiness endpoint says `ready` (200) or not (503).
+async fn probe_ready(system: &TestSystem, url: &str, ready: bool) -> bool {
     wait_until(Duration::from_secs(15), || async {
-        let status = system.http.get(&url).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+        let status = system.http.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
         (status == 200) == ready
     })
     .await
@@ -78,15 +82,18 @@ async fn a_level_survives_its_broker_connection_cut_for_ten_seconds() {
     for level in ["kyc", "underwriting", "manager"] {
         system.start_level(level).await;
     }
-    let (_, credit_link) = system.start_level_behind_proxy("credit").await;
+    let credit = system.start_level_behind_proxy("credit").await;
+    assert!(probe_ready(&system, &credit.health, true).await, "the level is ready once consuming");
     let mut refs = submit_many(&system, 150).await;
     let busy = wait_until(Duration::from_secs(20), || async { tap.decisions_by("credit").len() >= 20 }).await;
     assert!(busy, "credit is deciding when its connection is cut");
 
-    credit_link.cut();
+    credit.proxy.cut();
+    assert!(probe_ready(&system, &credit.health, false).await, "not ready while disconnected");
     refs.extend(submit_many(&system, 150).await);
     tokio::time::sleep(OUTAGE).await;
-    credit_link.restore();
+    credit.proxy.restore();
+    assert!(probe_ready(&system, &credit.health, true).await, "ready again once reconnected");
 
     assert_all_approved_once(&system, &refs).await;
     assert_eq!(tap.conflicting_decisions(), Vec::<(String, String)>::new());
@@ -288,6 +295,75 @@ async fn poison_messages_are_dead_lettered_at_once_and_the_line_moves_on() {
     // The line still moves.
     let reference = system.submit_ok(&application(720)).await;
     system.wait_for_status(&reference, "approved", SETTLE_WITHIN).await;
+    let _ = conn.close(200, "bye".into()).await;
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_at_a_level_delays_applications_without_failing_them() {
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    for level in ["kyc", "underwriting", "manager"] {
+        system.start_level(level).await;
+    }
+    let credit = system.start_level_behind_db_proxy("credit").await;
+    let mut refs = submit_many(&system, 25).await;
+    credit.proxy.cut();
+    refs.extend(submit_many(&system, 25).await);
+    // Credit cannot check its inbox: the applications wait at credit, none fails.
+    let waiting = wait_until(Duration::from_secs(20), || async {
+        let last = system.status(refs.last().unwrap()).await;
+        last["status"] == "in_review" && last["current_level"] == "credit"
+    })
+    .await;
+    assert!(waiting, "applications wait at credit while its database is unreachable");
+    tokio::time::sleep(Duration::from_secs(5)).await; // the outage itself
+    for reference in &refs[25..] {
+        assert_ne!(system.status(reference).await["status"], "failed", "{reference}");
+    }
+    credit.proxy.restore();
+    assert_all_approved_once(&system, &refs).await;
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level_queues_are_quorum_queues_whose_delivery_limit_dead_letters_a_crashing_message() {
+    let mut options = Options { levels: false, ..Options::default() };
+    options.retry.max_attempts = 10;
+    let system = TestSystem::start_with(options).await;
+    let api = "http://127.0.0.1:15672/api";
+    for level in ["kyc", "credit", "underwriting", "manager", "ledger"] {
+        let url = format!("{api}/queues/{}/{}", system.vhost, step_queue(level));
+        let queue: Value =
+            system.http.get(url).basic_auth("guest", Some("guest")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(queue["type"], "quorum", "{level}");
+        assert_eq!(queue["arguments"]["x-delivery-limit"], system.settings.broker.delivery_limit, "{level}");
+        assert_eq!(queue["arguments"]["x-dead-letter-exchange"], "loanflow.dead", "{level}");
+    }
+
+    // A consumer that dies on a message (here: returns it, again and again) loses it to
+    // the broker's delivery limit, which dead-letters it instead of looping forever.
+    let reference = system.submit_ok(&application(720)).await;
+    let queue = step_queue("kyc");
+    assert!(wait_until(Duration::from_secs(10), || async { system.queue_depth(&queue).await == 1 }).await);
+    let conn = system.amqp().await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let limit = system.settings.broker.delivery_limit;
+    let mut deliveries = 0;
+    while let Some(got) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await.unwrap() {
+        deliveries += 1;
+        got.delivery.nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() }).await.unwrap();
+        assert!(deliveries <= limit + 1, "the broker should have stopped redelivering");
+        let _ = wait_until(Duration::from_secs(2), || async {
+            system.queue_depth(&queue).await > 0 || system.queue_depth(DEAD_LETTER_QUEUE).await > 0
+        })
+        .await;
+    }
+    assert!(wait_until(Duration::from_secs(10), || async { system.queue_depth(DEAD_LETTER_QUEUE).await == 1 }).await);
+    let letters = loanflow_platform::dlq::list(&system.settings).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reference, reference);
+    assert_eq!(letters[0].origin_queue, queue);
+    assert!(letters[0].reason.contains("delivery_limit"), "{:?}", letters[0]);
     let _ = conn.close(200, "bye".into()).await;
     system.shutdown().await;
 }

@@ -105,11 +105,24 @@ pub struct WorkItem {
     pub offer: Option<Offer>,
 }
 
+/// A person's decision at a human level, sent by the intake to that level's queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApproverDecision {
+    pub level: String,
+    pub outcome: crate::status::Outcome,
+    pub reason: String,
+    /// The approver's name (shown as `approver:<name>`).
+    pub approver: String,
+    pub decided_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum WorkMessage {
     #[serde(rename = "loan.work.v1")]
     V1(WorkItem),
+    #[serde(rename = "loan.approval.v1")]
+    ApprovalV1(ApproverDecision),
 }
 
 /// A change of an application's status, published by whichever service caused it.
@@ -125,6 +138,10 @@ pub struct StatusEvent {
     pub decision: Option<Decision>,
     pub offer: Option<Offer>,
     pub occurred_at: DateTime<Utc>,
+    /// The credit score, on `awaiting_approver` only: what an approver needs to
+    /// decide. Never shown in the public status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<u16>,
 }
 
 impl StatusEvent {
@@ -160,6 +177,7 @@ mod tests {
             decision: None,
             offer: None,
             occurred_at: DateTime::from_timestamp(1_764_000_000, 0).unwrap(),
+            score: None,
         }
     }
 

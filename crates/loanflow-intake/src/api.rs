@@ -20,7 +20,7 @@ use loanflow_platform::broker::WORK_EXCHANGE;
 use loanflow_platform::db::{blocking, PgPool};
 
 use crate::error::ApiError;
-use crate::store::{self, Recorded, Submission};
+use crate::store::{self, OutboxMessage, Recorded, Submission};
 
 /// The contract's limit on a request body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -31,12 +31,11 @@ pub struct AppState {
     pub chain: Arc<Vec<String>>,
     /// Wakes the outbox relay as soon as a submission is committed.
     pub relay_wake: Arc<Notify>,
+    pub approvers: crate::approvals::Approvers,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/api").route("/loans", web::post().to(submit)).route("/loans/{reference}", web::get().to(status)),
-    );
+    cfg.route("/api/loans", web::post().to(submit)).route("/api/loans/{reference}", web::get().to(status));
 }
 
 #[derive(Serialize)]
@@ -48,13 +47,8 @@ struct Accepted<'a> {
 
 #[tracing::instrument(name = "submit", skip_all, fields(reference))]
 async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    require_json(&req)?;
     let idempotency_key = idempotency_key(&req)?;
-    let body = read_limited(&req, payload, MAX_BODY_BYTES).await?;
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| ApiError::InvalidJson)?;
-    if !value.is_object() {
-        return Err(ApiError::NotAnObject);
-    }
+    let value = read_json_object(&req, payload).await?;
     let now = Utc::now();
     let application = Application::parse(&value, now.date_naive()).map_err(ApiError::Validation)?;
 
@@ -77,10 +71,13 @@ async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
         reference: reference.clone(),
         application: stored,
         submitted_at: now,
-        message_id: envelope.message_id,
-        exchange: WORK_EXCHANGE.to_owned(),
-        routing_key: first_step,
-        payload: envelope.encode(),
+        message: OutboxMessage {
+            reference: reference.clone(),
+            message_id: envelope.message_id,
+            exchange: WORK_EXCHANGE.to_owned(),
+            routing_key: first_step,
+            payload: envelope.encode(),
+        },
     };
     let recorded =
         blocking(&state.pool, move |conn| store::record(conn, &submission, idempotency_key.as_deref())).await?;
@@ -115,6 +112,18 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     } else {
         Err(ApiError::InvalidIdempotencyKey)
     }
+}
+
+/// Reads a JSON object body under the contract's rules: `application/json` (415),
+/// at most [`MAX_BODY_BYTES`] (413), valid JSON (400) and an object (400).
+pub(crate) async fn read_json_object(req: &HttpRequest, payload: web::Payload) -> Result<serde_json::Value, ApiError> {
+    require_json(req)?;
+    let body = read_limited(req, payload, MAX_BODY_BYTES).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| ApiError::InvalidJson)?;
+    if !value.is_object() {
+        return Err(ApiError::NotAnObject);
+    }
+    Ok(value)
 }
 
 fn new_reference() -> Reference {
@@ -178,7 +187,7 @@ struct DecisionBody {
     decided_at: String,
 }
 
-fn timestamp(t: DateTime<Utc>) -> String {
+pub(crate) fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 

@@ -25,6 +25,12 @@ pub enum ApiError {
     InvalidIdempotencyKey,
     #[error("this Idempotency-Key was used for a different application")]
     IdempotencyKeyReused,
+    #[error("a valid approver token is required (Authorization: Bearer <token>)")]
+    Unauthorized,
+    #[error("this approver may not decide that level")]
+    Forbidden,
+    #[error("the application is not waiting for that decision")]
+    NotAwaitingDecision,
     #[error("no such application")]
     NotFound,
     #[error("no such resource")]
@@ -45,6 +51,9 @@ impl ApiError {
             ApiError::InvalidIdempotencyKey => ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
             ApiError::IdempotencyKeyReused => ("idempotency_key_reused", StatusCode::CONFLICT),
             ApiError::NotFound | ApiError::NoRoute => ("not_found", StatusCode::NOT_FOUND),
+            ApiError::Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
+            ApiError::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
+            ApiError::NotAwaitingDecision => ("not_awaiting_decision", StatusCode::CONFLICT),
             ApiError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
@@ -73,6 +82,10 @@ impl ResponseError for ApiError {
             ApiError::Validation(fields) => Some(fields),
             _ => None,
         };
-        HttpResponse::build(status).json(ErrorBody { error, message: self.to_string(), fields })
+        let mut response = HttpResponse::build(status);
+        if let ApiError::Unauthorized = self {
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(ErrorBody { error, message: self.to_string(), fields })
     }
 }

@@ -4,6 +4,7 @@
 //! other services publish.
 
 pub mod api;
+pub mod approvals;
 pub mod error;
 mod projection;
 mod relay;
@@ -51,6 +52,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         pool: pool.clone(),
         chain: Arc::new(settings.chain.levels.clone()),
         relay_wake: Arc::new(Notify::new()),
+        approvers: Arc::new(settings.intake.approvers.clone()),
     };
     let relay_wake = state.relay_wake.clone();
     let data = web::Data::new(state);
@@ -64,6 +66,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
             .app_data(health_data.clone())
             .configure(health::routes)
             .configure(api::routes)
+            .configure(approvals::routes)
             .default_service(web::to(api::not_found))
     })
     .workers(settings.intake.workers.max(1))

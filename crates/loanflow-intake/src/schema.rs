@@ -10,6 +10,7 @@ diesel::table! {
         offer -> Nullable<Jsonb>,
         submitted_at -> Timestamptz,
         updated_at -> Timestamptz,
+        score -> Nullable<Int4>,
     }
 }
 

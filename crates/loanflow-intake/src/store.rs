@@ -31,16 +31,36 @@ pub struct OutboxRow {
     pub payload: Vec<u8>,
 }
 
+/// A message to hand to the broker through the outbox.
+#[derive(Debug)]
+pub struct OutboxMessage {
+    pub reference: Reference,
+    pub message_id: Uuid,
+    pub exchange: String,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+}
+
+fn insert_outbox(conn: &mut PgConnection, m: &OutboxMessage) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(outbox::table)
+        .values((
+            outbox::message_id.eq(m.message_id),
+            outbox::reference.eq(m.reference.as_str()),
+            outbox::exchange.eq(&m.exchange),
+            outbox::routing_key.eq(&m.routing_key),
+            outbox::payload.eq(&m.payload),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
 /// What a submission writes, in one transaction.
 #[derive(Debug)]
 pub struct Submission {
     pub reference: Reference,
     pub application: Value,
     pub submitted_at: DateTime<Utc>,
-    pub message_id: Uuid,
-    pub exchange: String,
-    pub routing_key: String,
-    pub payload: Vec<u8>,
+    pub message: OutboxMessage,
 }
 
 /// What recording a submission did.
@@ -99,15 +119,7 @@ fn try_record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Res
                 applications::updated_at.eq(s.submitted_at),
             ))
             .execute(conn)?;
-        diesel::insert_into(outbox::table)
-            .values((
-                outbox::message_id.eq(s.message_id),
-                outbox::reference.eq(s.reference.as_str()),
-                outbox::exchange.eq(&s.exchange),
-                outbox::routing_key.eq(&s.routing_key),
-                outbox::payload.eq(&s.payload),
-            ))
-            .execute(conn)?;
+        insert_outbox(conn, &s.message)?;
         if let Some(key) = key {
             diesel::insert_into(idempotency_keys::table)
                 .values((idempotency_keys::key.eq(key), idempotency_keys::reference.eq(s.reference.as_str())))
@@ -216,6 +228,11 @@ pub fn apply_event(conn: &mut PgConnection, reference: &Reference, event: &Statu
         let finals: Vec<&str> = Status::ALL.iter().filter(|s| s.is_final()).map(|s| s.as_str()).collect();
         let seq = i32::try_from(event.seq).unwrap_or(i32::MAX);
         let offer = event.offer.as_ref().and_then(|o| serde_json::to_value(o).ok());
+        if let Some(score) = event.score {
+            diesel::update(applications::table.find(reference.as_str()))
+                .set(applications::score.eq(i32::from(score)))
+                .execute(conn)?;
+        }
         let updated = diesel::update(
             applications::table
                 .filter(applications::reference.eq(reference.as_str()))
@@ -231,6 +248,79 @@ pub fn apply_event(conn: &mut PgConnection, reference: &Reference, event: &Statu
         ))
         .execute(conn)?;
         Ok(if updated > 0 { Applied::Advanced } else { Applied::Unchanged })
+    })
+}
+
+/// An application waiting for a person, with what the person needs to decide.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub reference: String,
+    pub level: String,
+    pub application: Value,
+    pub score: Option<i32>,
+    pub waiting_since: DateTime<Utc>,
+    pub decisions: Vec<Decision>,
+}
+
+/// The most applications one inbox page shows.
+const INBOX_LIMIT: i64 = 200;
+
+/// Applications waiting at any of `levels`, oldest first.
+pub fn waiting_at(conn: &mut PgConnection, levels: &[String]) -> Result<Vec<Waiting>, DbError> {
+    type WaitingRow = (String, Option<String>, Value, Option<i32>, DateTime<Utc>);
+    let rows: Vec<WaitingRow> = applications::table
+        .filter(applications::status.eq(Status::AwaitingApprover.as_str()))
+        .filter(applications::current_level.eq_any(levels))
+        .order(applications::updated_at.asc())
+        .limit(INBOX_LIMIT)
+        .select((
+            applications::reference,
+            applications::current_level,
+            applications::application,
+            applications::score,
+            applications::updated_at,
+        ))
+        .load(conn)?;
+    let mut waiting = Vec::with_capacity(rows.len());
+    for (reference, level, application, score, waiting_since) in rows {
+        let decisions = load_status(conn, &Reference::parse(&reference).map_err(|_| diesel::result::Error::NotFound)?)?
+            .map(|v| v.decisions)
+            .unwrap_or_default();
+        waiting.push(Waiting {
+            reference,
+            level: level.unwrap_or_default(),
+            application,
+            score,
+            waiting_since,
+            decisions,
+        });
+    }
+    Ok(waiting)
+}
+
+/// Hands a person's decision to the level, once: only an application waiting at
+/// `level` can be decided, and the request moves it out of the waiting state in the
+/// same transaction that queues the message (a second decision finds it not waiting).
+pub fn request_decision(
+    conn: &mut PgConnection,
+    reference: &Reference,
+    level: &str,
+    message: &OutboxMessage,
+) -> Result<bool, DbError> {
+    conn.transaction(|conn| {
+        let moved = diesel::update(
+            applications::table
+                .filter(applications::reference.eq(reference.as_str()))
+                .filter(applications::status.eq(Status::AwaitingApprover.as_str()))
+                .filter(applications::current_level.eq(level)),
+        )
+        .set((applications::status.eq(Status::InReview.as_str()), applications::updated_at.eq(Utc::now())))
+        .execute(conn)?;
+        if moved == 0 {
+            return Ok(false);
+        }
+        insert_outbox(conn, message)?;
+        Ok(true)
     })
 }
 

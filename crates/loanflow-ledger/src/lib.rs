@@ -53,7 +53,9 @@ async fn book(pool: PgPool, incoming: Incoming, publisher: Publisher) -> Disposi
         Err(e) => return Disposition::DeadLetter(e.to_string()),
     };
     let (reference, message_id) = (envelope.reference, envelope.message_id);
-    let WorkMessage::V1(work) = envelope.body;
+    let WorkMessage::V1(work) = envelope.body else {
+        return Disposition::DeadLetter("an approver's decision reached the ledger".into());
+    };
     if let Err(why) = bookable(&work) {
         return Disposition::DeadLetter(why);
     }
@@ -101,7 +103,8 @@ async fn announce(
     status: Status,
     offer: Option<loanflow_domain::rules::Offer>,
 ) -> Result<(), broker::BrokerError> {
-    let event = StatusEvent { seq, status, current_level: None, decision: None, offer, occurred_at: Utc::now() };
+    let event =
+        StatusEvent { seq, status, current_level: None, decision: None, offer, occurred_at: Utc::now(), score: None };
     broker::send_status(publisher, reference, event).await
 }
 

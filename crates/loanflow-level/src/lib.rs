@@ -18,7 +18,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use loanflow_domain::messages::{Envelope, StatusEvent, WorkItem, WorkMessage};
+use loanflow_domain::messages::{ApproverDecision, Envelope, StatusEvent, WorkItem, WorkMessage};
 use loanflow_domain::rules::{self, LevelKind, ManagerVerdict, Verdict};
 use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
 use loanflow_platform::broker::{self, step_queue, BrokerError, Disposition, Incoming, Publisher};
@@ -152,12 +152,19 @@ impl Level {
             Err(e) => return Disposition::DeadLetter(e.to_string()),
         };
         let (reference, message_id) = (envelope.reference, envelope.message_id);
-        let WorkMessage::V1(work) = envelope.body;
-        let decided_so_far = work.decisions.len();
         let Some(_claim) = InFlight::claim(&self.in_flight, message_id) else {
             return Disposition::Retry("the same message is being handled already".into());
         };
-        match self.process(&reference, message_id, work, &publisher).await {
+        let (result, decided_so_far) = match envelope.body {
+            WorkMessage::V1(work) => {
+                let decided = work.decisions.len();
+                (self.process(&reference, message_id, work, &publisher).await, Some(decided))
+            }
+            WorkMessage::ApprovalV1(decision) => {
+                (self.process_approval(&reference, message_id, decision, &publisher).await, None)
+            }
+        };
+        match result {
             Ok(()) => Disposition::Ack,
             Err(StepError::Misrouted(why)) => Disposition::DeadLetter(why),
             Err(StepError::Broker(e)) => {
@@ -167,8 +174,8 @@ impl Level {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "step not completed");
-                if incoming.is_last_attempt() {
-                    self.announce_failure(&reference, decided_so_far, &publisher).await;
+                if let (true, Some(decided)) = (incoming.is_last_attempt(), decided_so_far) {
+                    self.announce_failure(&reference, decided, &publisher).await;
                 }
                 Disposition::Retry(e.to_string())
             }
@@ -185,6 +192,7 @@ impl Level {
             decision: None,
             offer: None,
             occurred_at: Utc::now(),
+            score: None,
         };
         if let Err(e) = broker::send_status(publisher, reference, event).await {
             tracing::warn!(error = %e, "could not announce the failure");
@@ -230,6 +238,7 @@ impl Level {
                     decision: None,
                     offer: None,
                     occurred_at: now,
+                    score: work.score,
                 };
                 broker::send_status(publisher, reference, event).await?;
                 tracing::info!(level = %self.name, "waiting for an approver");
@@ -242,30 +251,7 @@ impl Level {
                     decided_by: DecidedBy::Auto,
                     decided_at: now,
                 };
-                work.decisions.push(decision.clone());
-                let next = match verdict.outcome {
-                    Outcome::Approved => work.slip.advanced(),
-                    Outcome::Rejected => None,
-                };
-                let event = StatusEvent {
-                    seq: StatusEvent::decision_seq(work.decisions.len()),
-                    status: if next.is_some() { Status::InReview } else { Status::Rejected },
-                    current_level: next.as_ref().and_then(|s| s.current_level().map(str::to_owned)),
-                    decision: Some(decision),
-                    offer: None,
-                    occurred_at: now,
-                };
-                match next {
-                    Some(slip) => {
-                        work.slip = slip;
-                        tokio::try_join!(
-                            broker::send_status(publisher, reference, event),
-                            broker::send_work(publisher, reference, work),
-                        )?;
-                    }
-                    None => broker::send_status(publisher, reference, event).await?,
-                }
-                tracing::info!(level = %self.name, outcome = verdict.outcome.as_str(), "decided");
+                self.apply_decision(reference, work, decision, publisher).await?;
             }
         }
         // Recorded only once everything above is committed and confirmed: a crash
@@ -273,6 +259,99 @@ impl Level {
         // the same message ids, which the next consumers recognise.
         blocking(&self.pool, move |conn| inbox::record(conn, message_id)).await?;
         self.stats.decided.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Announces a decision and, on approval, forwards the application to the next
+    /// step of its slip; a rejection ends the chain.
+    async fn apply_decision(
+        &self,
+        reference: &Reference,
+        mut work: WorkItem,
+        decision: Decision,
+        publisher: &Publisher,
+    ) -> Result<(), StepError> {
+        let outcome = decision.outcome;
+        let occurred_at = decision.decided_at;
+        work.decisions.push(decision.clone());
+        let next = match outcome {
+            Outcome::Approved => work.slip.advanced(),
+            Outcome::Rejected => None,
+        };
+        let event = StatusEvent {
+            seq: StatusEvent::decision_seq(work.decisions.len()),
+            status: if next.is_some() { Status::InReview } else { Status::Rejected },
+            current_level: next.as_ref().and_then(|s| s.current_level().map(str::to_owned)),
+            decision: Some(decision),
+            offer: None,
+            occurred_at,
+            score: None,
+        };
+        match next {
+            Some(slip) => {
+                work.slip = slip;
+                tokio::try_join!(
+                    broker::send_status(publisher, reference, event),
+                    broker::send_work(publisher, reference, work),
+                )?;
+            }
+            None => broker::send_status(publisher, reference, event).await?,
+        }
+        tracing::info!(level = %self.name, outcome = outcome.as_str(), "decided");
+        Ok(())
+    }
+
+    /// A person decided an application waiting at this (human) level.
+    async fn process_approval(
+        &self,
+        reference: &Reference,
+        message_id: uuid::Uuid,
+        approval: ApproverDecision,
+        publisher: &Publisher,
+    ) -> Result<(), StepError> {
+        if self.kind != LevelKind::Manager || approval.level != self.name {
+            return Err(StepError::Misrouted(format!(
+                "an approval for level {:?} reached level {:?}",
+                approval.level, self.name
+            )));
+        }
+        let key = reference.as_str().to_owned();
+        let waiting = blocking(&self.pool, move |conn| {
+            if inbox::seen(conn, message_id)? {
+                return Ok(None);
+            }
+            Ok(Some(
+                schema::waiting::table
+                    .find(&key)
+                    .select(schema::waiting::work)
+                    .first::<serde_json::Value>(conn)
+                    .optional()?,
+            ))
+        })
+        .await?;
+        match waiting {
+            None => tracing::info!(level = %self.name, "duplicate delivery ignored"),
+            Some(None) => tracing::info!(level = %self.name, "no application waiting; it was decided already"),
+            Some(Some(row)) => {
+                let work: WorkItem = serde_json::from_value(row)
+                    .map_err(|e| StepError::Misrouted(format!("unreadable waiting application: {e}")))?;
+                let decision = Decision {
+                    level: self.name.clone(),
+                    outcome: approval.outcome,
+                    reason: approval.reason,
+                    decided_by: DecidedBy::Approver(approval.approver),
+                    decided_at: approval.decided_at,
+                };
+                self.apply_decision(reference, work, decision, publisher).await?;
+                let key = reference.as_str().to_owned();
+                blocking(&self.pool, move |conn| {
+                    diesel::delete(schema::waiting::table.find(key)).execute(conn).map_err(DbError::from)
+                })
+                .await?;
+                self.stats.decided.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        blocking(&self.pool, move |conn| inbox::record(conn, message_id)).await?;
         Ok(())
     }
 

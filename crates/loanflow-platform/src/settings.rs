@@ -115,9 +115,29 @@ pub struct DatabaseSettings {
     pub statement_timeout_ms: u64,
 }
 
+/// A person who may decide applications waiting at human levels.
+#[derive(Clone, Deserialize)]
+pub struct ApproverSettings {
+    pub name: String,
+    /// The bearer token the approver signs in with. A secret: never logged, and
+    /// left out of this type's `Debug` output.
+    pub token: String,
+    /// The levels this approver may decide.
+    pub levels: Vec<String>,
+}
+
+impl std::fmt::Debug for ApproverSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApproverSettings").field("name", &self.name).field("levels", &self.levels).finish()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct IntakeSettings {
     pub listen: String,
+    /// Approvers and their tokens; none by default.
+    #[serde(default)]
+    pub approvers: Vec<ApproverSettings>,
     pub workers: usize,
     pub database: DatabaseSettings,
     /// Outbox rows published per round trip.

@@ -27,7 +27,11 @@ use tokio_util::sync::CancellationToken;
 use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
 use loanflow_level::LevelStats;
 use loanflow_platform::broker::{Topology, STATUS_EXCHANGE};
-use loanflow_platform::settings::RetrySettings;
+use loanflow_platform::settings::{ApproverSettings, RetrySettings};
+
+/// The test approvers' tokens: `grace` decides the manager level, `kim` only kyc.
+pub const MANAGER_TOKEN: &str = "test-token-grace-manager";
+pub const KYC_ONLY_TOKEN: &str = "test-token-kim-kyc";
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
@@ -127,6 +131,10 @@ impl TestSystem {
         settings.intake.workers = 1;
         settings.bureau.listen = "127.0.0.1:0".into();
         settings.retry = options.retry.clone();
+        settings.intake.approvers = vec![
+            ApproverSettings { name: "grace".into(), token: MANAGER_TOKEN.into(), levels: vec!["manager".into()] },
+            ApproverSettings { name: "kim".into(), token: KYC_ONLY_TOKEN.into(), levels: vec!["kyc".into()] },
+        ];
         if let Some(chain) = options.chain {
             settings.chain.levels = chain;
         }

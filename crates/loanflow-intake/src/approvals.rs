@@ -1,0 +1,223 @@
+//! The human approval level's API: approvers list what waits at their levels and
+//! decide it. A decision does not change anything here directly: it is handed to the
+//! level through the outbox, and the level announces it like any other decision.
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use loanflow_domain::messages::{ApproverDecision, Envelope, WorkMessage};
+use loanflow_domain::{Outcome, Reference, Status};
+use loanflow_platform::broker::WORK_EXCHANGE;
+use loanflow_platform::db::blocking;
+use loanflow_platform::settings::ApproverSettings;
+
+use crate::api::{read_json_object, AppState};
+use crate::error::ApiError;
+use crate::store::{self, OutboxMessage, Waiting};
+
+/// The most characters a decision's reason may have.
+const MAX_REASON_CHARS: usize = 500;
+
+/// A signed-in approver.
+#[derive(Debug, Clone)]
+pub struct Approver {
+    pub name: String,
+    pub levels: Vec<String>,
+}
+
+/// Finds the approver a token belongs to. Every configured token is compared, each
+/// in constant time, so the answer's timing does not tell how close a guess was.
+pub fn authenticate(approvers: &[ApproverSettings], token: &str) -> Option<Approver> {
+    let mut found = None;
+    for approver in approvers {
+        if bool::from(approver.token.as_bytes().ct_eq(token.as_bytes())) && !token.is_empty() {
+            found = Some(Approver { name: approver.name.clone(), levels: approver.levels.clone() });
+        }
+    }
+    found
+}
+
+fn bearer(req: &HttpRequest, approvers: &[ApproverSettings]) -> Result<Approver, ApiError> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    authenticate(approvers, token.trim()).ok_or(ApiError::Unauthorized)
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/approvals", web::get().to(list)).route("/api/approvals/{reference}", web::post().to(decide_api));
+}
+
+#[derive(Deserialize)]
+struct LevelQuery {
+    level: Option<String>,
+}
+
+/// One application in an approver's inbox.
+#[derive(Debug, Serialize)]
+pub struct InboxItem {
+    pub reference: String,
+    pub level: String,
+    pub amount: Value,
+    pub currency: Value,
+    pub term_months: Value,
+    pub purpose: Value,
+    pub applicant_name: Value,
+    pub annual_income: Value,
+    pub monthly_debts: Value,
+    pub employment_status: Value,
+    pub score: Option<i32>,
+    pub waiting_since: String,
+    pub decisions: Vec<Value>,
+}
+
+impl From<Waiting> for InboxItem {
+    fn from(w: Waiting) -> Self {
+        let a = &w.application;
+        let applicant = &a["applicant"];
+        InboxItem {
+            reference: w.reference,
+            level: w.level,
+            amount: a["amount"].clone(),
+            currency: a["currency"].clone(),
+            term_months: a["term_months"].clone(),
+            purpose: a["purpose"].clone(),
+            applicant_name: applicant["full_name"].clone(),
+            annual_income: applicant["annual_income"].clone(),
+            monthly_debts: applicant["monthly_debts"].clone(),
+            employment_status: applicant["employment_status"].clone(),
+            score: w.score,
+            waiting_since: crate::api::timestamp(w.waiting_since),
+            decisions: w.decisions.iter().filter_map(|d| serde_json::to_value(d).ok()).collect(),
+        }
+    }
+}
+
+/// The levels to show: the one asked for (if the approver may decide it), else all
+/// of the approver's.
+pub fn levels_for(approver: &Approver, asked: Option<&str>) -> Result<Vec<String>, ApiError> {
+    match asked {
+        Some(level) if approver.levels.iter().any(|l| l == level) => Ok(vec![level.to_owned()]),
+        Some(_) => Err(ApiError::Forbidden),
+        None => Ok(approver.levels.clone()),
+    }
+}
+
+pub async fn inbox(state: &AppState, levels: Vec<String>) -> Result<Vec<InboxItem>, ApiError> {
+    let waiting = blocking(&state.pool, move |conn| store::waiting_at(conn, &levels)).await?;
+    Ok(waiting.into_iter().map(InboxItem::from).collect())
+}
+
+#[tracing::instrument(name = "approvals.list", skip_all)]
+async fn list(
+    req: HttpRequest,
+    query: web::Query<LevelQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let approver = bearer(&req, &state.approvers)?;
+    let levels = levels_for(&approver, query.level.as_deref())?;
+    Ok(HttpResponse::Ok().json(inbox(&state, levels).await?))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub reference: String,
+    pub level: String,
+    pub decision: &'static str,
+    pub decided_by: String,
+    pub status: Status,
+}
+
+/// Validates a decision body: `{"decision": "approve" | "reject", "reason": "..."}`.
+pub fn parse_decision(body: &Value) -> Result<(Outcome, String), ApiError> {
+    let mut fields = std::collections::BTreeMap::new();
+    let outcome = match body.get("decision").and_then(Value::as_str) {
+        Some("approve") => Some(Outcome::Approved),
+        Some("reject") => Some(Outcome::Rejected),
+        _ => {
+            fields.insert("decision".to_owned(), "must be \"approve\" or \"reject\"".to_owned());
+            None
+        }
+    };
+    let reason = body.get("reason").and_then(Value::as_str).map(str::trim).unwrap_or("");
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
+        fields.insert("reason".to_owned(), format!("must be 1 to {MAX_REASON_CHARS} characters"));
+    }
+    match outcome {
+        Some(outcome) if fields.is_empty() => Ok((outcome, reason.to_owned())),
+        _ => Err(ApiError::Validation(fields)),
+    }
+}
+
+/// Hands an approver's decision to the level the application waits at.
+#[tracing::instrument(name = "approvals.decide", skip_all, fields(reference = %reference, approver = %approver.name))]
+pub async fn decide(
+    state: &AppState,
+    approver: &Approver,
+    reference: &str,
+    outcome: Outcome,
+    reason: String,
+) -> Result<Accepted, ApiError> {
+    let reference = Reference::parse(reference).map_err(|_| ApiError::NotFound)?;
+    let lookup = reference.clone();
+    let view = blocking(&state.pool, move |conn| store::load_status(conn, &lookup)).await?.ok_or(ApiError::NotFound)?;
+    if view.status != Status::AwaitingApprover {
+        return Err(ApiError::NotAwaitingDecision);
+    }
+    let level = view.current_level.unwrap_or_default();
+    if !approver.levels.contains(&level) {
+        return Err(ApiError::Forbidden);
+    }
+    let now = Utc::now();
+    let decision =
+        ApproverDecision { level: level.clone(), outcome, reason, approver: approver.name.clone(), decided_at: now };
+    let envelope =
+        Envelope::new(reference.clone(), &format!("approval/{level}"), now, WorkMessage::ApprovalV1(decision));
+    let message = OutboxMessage {
+        reference: reference.clone(),
+        message_id: envelope.message_id,
+        exchange: WORK_EXCHANGE.to_owned(),
+        routing_key: level.clone(),
+        payload: envelope.encode(),
+    };
+    let key = reference.clone();
+    let step = level.clone();
+    if !blocking(&state.pool, move |conn| store::request_decision(conn, &key, &step, &message)).await? {
+        // Someone else decided it a moment ago.
+        return Err(ApiError::NotAwaitingDecision);
+    }
+    state.relay_wake.notify_one();
+    tracing::info!(outcome = outcome.as_str(), "approver decision accepted");
+    Ok(Accepted {
+        reference: reference.into(),
+        level,
+        decision: if outcome == Outcome::Approved { "approve" } else { "reject" },
+        decided_by: format!("approver:{}", approver.name),
+        status: Status::InReview,
+    })
+}
+
+async fn decide_api(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let approver = bearer(&req, &state.approvers)?;
+    let body = read_json_object(&req, payload).await?;
+    let (outcome, reason) = parse_decision(&body)?;
+    let accepted = decide(&state, &approver, &path, outcome, reason).await?;
+    Ok(HttpResponse::Ok().json(accepted))
+}
+
+/// Shared with the inbox page.
+pub type Approvers = Arc<Vec<ApproverSettings>>;

@@ -1,0 +1,2 @@
+DROP INDEX applications_waiting;
+ALTER TABLE applications DROP COLUMN score;

@@ -2,9 +2,10 @@
 CARGO ?= cargo
 BIN := target/debug/loanflow
 
-.PHONY: run test prepare build migrate lint fmt schema schema-check
+.PHONY: run test prepare build migrate lint fmt schema schema-check screenshots
 
 ## run: prepare the machine, migrate, start every service (Ctrl-C stops them all)
+run: export LOANFLOW_SKIP_BROWSER = 1
 run: prepare build migrate
 	@echo "==> starting loanflow (intake on http://127.0.0.1:8080/)"
 	@$(BIN) all
@@ -35,3 +36,8 @@ schema:
 
 schema-check:
 	deploy/print-schema.sh --check
+
+## screenshots: refresh the README's screenshots from the browser tests' latest run
+screenshots:
+	mkdir -p docs/screenshots
+	cp target/screenshots/form.png target/screenshots/status.png target/screenshots/inbox.png target/screenshots/form-errors.png target/screenshots/phone.png docs/screenshots/

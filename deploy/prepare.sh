@@ -80,4 +80,15 @@ if ! port_open 127.0.0.1 "$MGMT_PORT"; then
   $SUDO rabbitmq-plugins enable rabbitmq_management >/dev/null
   wait_port 127.0.0.1 "$MGMT_PORT" 60 "RabbitMQ management"
 fi
+# --- browser tests: Debian's Chromium, Node.js, and playwright-core (which drives the
+# system's Chromium and downloads no browser of its own)
+if [ "${LOANFLOW_SKIP_BROWSER:-}" != 1 ]; then
+  command -v chromium >/dev/null || apt_install chromium
+  command -v node >/dev/null || apt_install nodejs npm
+  browser_tests="$(dirname "$0")/../crates/loanflow/tests/browser"
+  if [ ! -d "$browser_tests/node_modules/playwright-core" ]; then
+    say "installing the browser tests' dependencies"
+    (cd "$browser_tests" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+fi
 say "PostgreSQL and RabbitMQ are up"

@@ -45,12 +45,28 @@ struct Accepted<'a> {
     status_url: &'a str,
 }
 
-#[tracing::instrument(name = "submit", skip_all, fields(reference))]
 async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let idempotency_key = idempotency_key(&req)?;
     let value = read_json_object(&req, payload).await?;
+    let reference = accept(&state, &value, idempotency_key).await?;
+    let status_url = format!("/api/loans/{reference}");
+    Ok(HttpResponse::Accepted().insert_header((header::LOCATION, status_url.as_str())).json(Accepted {
+        reference: &reference,
+        status: Status::Submitted,
+        status_url: &status_url,
+    }))
+}
+
+/// Validates an application and records it with its first message (and its
+/// idempotency key); returns its reference. The API and the web form both submit here.
+#[tracing::instrument(name = "submit", skip_all, fields(reference))]
+pub(crate) async fn accept(
+    state: &AppState,
+    value: &serde_json::Value,
+    idempotency_key: Option<String>,
+) -> Result<String, ApiError> {
     let now = Utc::now();
-    let application = Application::parse(&value, now.date_naive()).map_err(ApiError::Validation)?;
+    let application = Application::parse(value, now.date_naive()).map_err(ApiError::Validation)?;
 
     let reference = new_reference();
     tracing::Span::current().record("reference", reference.as_str());
@@ -81,26 +97,19 @@ async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     };
     let recorded =
         blocking(&state.pool, move |conn| store::record(conn, &submission, idempotency_key.as_deref())).await?;
-    let reference = match recorded {
+    match recorded {
         Recorded::New => {
             state.relay_wake.notify_one();
             tracing::info!("application accepted");
-            reference.to_string()
+            Ok(reference.to_string())
         }
         Recorded::Existing(first) => {
             tracing::Span::current().record("reference", first.as_str());
             tracing::info!("retried submission answered with its first reference");
-            first
+            Ok(first)
         }
-        Recorded::KeyReused => return Err(ApiError::IdempotencyKeyReused),
-    };
-
-    let status_url = format!("/api/loans/{reference}");
-    Ok(HttpResponse::Accepted().insert_header((header::LOCATION, status_url.as_str())).json(Accepted {
-        reference: &reference,
-        status: Status::Submitted,
-        status_url: &status_url,
-    }))
+        Recorded::KeyReused => Err(ApiError::IdempotencyKeyReused),
+    }
 }
 
 /// The optional `Idempotency-Key`: 1 to 128 printable ASCII characters.

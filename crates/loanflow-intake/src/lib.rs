@@ -6,6 +6,7 @@
 pub mod api;
 pub mod approvals;
 pub mod error;
+mod pages;
 mod projection;
 mod relay;
 mod schema;
@@ -67,6 +68,17 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
             .configure(health::routes)
             .configure(api::routes)
             .configure(approvals::routes)
+            .configure(pages::routes)
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    // Pages load only their own script and styles; no framing.
+                    .add((
+                        "Content-Security-Policy",
+                        "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+                    ))
+                    .add(("X-Content-Type-Options", "nosniff"))
+                    .add(("Referrer-Policy", "same-origin")),
+            )
             .default_service(web::to(api::not_found))
     })
     .workers(settings.intake.workers.max(1))

@@ -1,0 +1,149 @@
+// The pages in a real headless Chromium, driven by playwright-core (which uses the
+// system's Chromium and downloads nothing). Started by ../browser.rs, which runs the
+// system and passes its address in the environment.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { chromium } from "playwright-core";
+
+const BASE = process.env.LOANFLOW_URL;
+const TOKEN = process.env.LOANFLOW_MANAGER_TOKEN;
+const WAITING = process.env.LOANFLOW_WAITING_REFERENCE;
+const SHOTS = process.env.LOANFLOW_SCREENSHOTS;
+assert.ok(BASE && TOKEN && WAITING && SHOTS, "run through crates/loanflow/tests/browser.rs");
+mkdirSync(SHOTS, { recursive: true });
+
+let browser;
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+after(async () => { await browser?.close(); });
+
+async function fillApplication(page, overrides = {}) {
+  const values = {
+    "Full name": "Ada Lovelace",
+    "Email": "ada@example.com",
+    "National ID": "SBX720A1",
+    "Annual income (USD)": "85000.00",
+    "Monthly debt payments (USD)": "1200.00",
+    "Loan amount (USD)": "25000.00",
+    "Term (months)": "36",
+    ...overrides,
+  };
+  // getByLabel finds each input through its <label>: it fails if a label is not tied.
+  for (const [label, value] of Object.entries(values)) {
+    await page.getByLabel(label, { exact: true }).fill(value);
+  }
+  await page.getByLabel("Date of birth", { exact: true }).fill(overrides["Date of birth"] ?? "1990-04-01");
+  await page.getByLabel("Employment", { exact: true }).selectOption("employed");
+  await page.getByLabel("Purpose", { exact: true }).selectOption("home_improvement");
+}
+
+test("apply through the form, then watch the status page reach approved without reloading", async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
+  await page.goto(BASE + "/");
+  await fillApplication(page);
+  await page.screenshot({ path: `${SHOTS}/form.png`, fullPage: true });
+  await page.getByRole("button", { name: "Submit application" }).click();
+
+  await page.waitForURL(/\/loans\/LN-[0-9A-Z]{24}\?submitted=1$/);
+  const reference = (await page.locator("#reference").textContent()).trim();
+  assert.match(reference, /^LN-[0-9A-Z]{24}$/);
+  assert.ok(await page.getByRole("button", { name: "Copy reference" }).isVisible(), "copy button shown");
+
+  let reloads = 0;
+  page.on("load", () => { reloads += 1; });
+  await page.locator('#status-badge[data-status="approved"]').waitFor({ timeout: 30000 });
+  assert.equal(reloads, 0, "the page updated itself, without a reload");
+  assert.equal((await page.locator("#offer-payment").textContent()).trim(), "USD 806.56");
+  assert.equal((await page.locator("#offer-rate").textContent()).trim(), "9.99%");
+  assert.equal(await page.locator("ol.timeline li.approved").count(), 5, "four levels and the booking");
+  await page.screenshot({ path: `${SHOTS}/status.png`, fullPage: true });
+
+  // The track box on the home page finds it again.
+  await page.goto(BASE + "/");
+  await page.getByLabel("Reference number").fill(reference.toLowerCase());
+  await page.getByRole("button", { name: "Track" }).click();
+  await page.waitForURL(BASE + "/loans/" + reference);
+  await page.close();
+});
+
+test("invalid values show each field's message and keep what was typed", async () => {
+  const page = await browser.newPage();
+  await page.goto(BASE + "/");
+  // Caught in the browser: an email without @.
+  await fillApplication(page, { "Email": "ada" });
+  await page.getByRole("button", { name: "Submit application" }).click();
+  assert.match(await page.locator("#applicant-email-error").textContent(), /\S/);
+  assert.equal(await page.getByLabel("Email", { exact: true }).getAttribute("aria-invalid"), "true");
+  assert.equal(new URL(page.url()).pathname, "/", "nothing was sent");
+
+  // Caught by the server: an amount below the minimum and a birth date in the future.
+  await fillApplication(page, { "Loan amount (USD)": "400", "Date of birth": "2999-01-01" });
+  await page.getByRole("button", { name: "Submit application" }).click();
+  await page.locator("#amount-error").filter({ hasText: "500" }).waitFor();
+  assert.match(await page.locator("#applicant-date_of_birth-error").textContent(), /past/);
+  assert.equal(await page.getByLabel("Loan amount (USD)", { exact: true }).inputValue(), "400", "kept what was typed");
+  assert.equal(await page.getByLabel("Full name", { exact: true }).inputValue(), "Ada Lovelace");
+  assert.match(await page.locator("#form-errors").textContent(), /2 highlighted/);
+  await page.screenshot({ path: `${SHOTS}/form-errors.png`, fullPage: true });
+  await page.close();
+});
+
+test("an approver signs in, approves a large application, and its status shows who", async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
+  await page.goto(BASE + "/approvals");
+  await page.getByLabel("Approver token").fill("not-the-token");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("alert").filter({ hasText: "not valid" }).waitFor();
+  assert.equal(await page.locator("#approver-name").count(), 0, "a wrong token is refused");
+
+  await page.getByLabel("Approver token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  assert.equal((await page.locator("#approver-name").textContent()).trim(), "grace");
+  const card = page.locator(`article[data-reference="${WAITING}"]`);
+  await card.waitFor();
+  assert.match(await card.textContent(), /60000\.00/);
+  assert.match(await card.textContent(), /Credit score\s*760/);
+  await page.screenshot({ path: `${SHOTS}/inbox.png`, fullPage: true });
+
+  await card.getByLabel(/Reason/).fill("Collateral verified");
+  await card.getByRole("button", { name: "Approve" }).click();
+  await page.getByRole("status").filter({ hasText: "was recorded" }).waitFor();
+
+  await page.goto(`${BASE}/loans/${WAITING}`);
+  await page.locator('#status-badge[data-status="approved"]').waitFor({ timeout: 30000 });
+  assert.match(await page.locator('li[data-level="manager"]').textContent(), /approver:grace/);
+  await page.close();
+});
+
+test("a decision form without the session's CSRF token is refused", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(BASE + "/approvals");
+  await page.getByLabel("Approver token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  const response = await page.request.post(`${BASE}/approvals/${WAITING}/decision`, {
+    form: { decision: "reject", reason: "forged", csrf: "guess" },
+  });
+  assert.equal(response.status(), 403);
+  await context.close();
+});
+
+test("pages fit a phone's width and keyboard focus is visible", async () => {
+  const page = await browser.newPage({ viewport: { width: 360, height: 740 } });
+  await page.goto(BASE + "/");
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no horizontal scrolling (overflow ${overflow}px)`);
+  await page.keyboard.press("Tab"); // the skip link
+  await page.keyboard.press("Tab");
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  assert.notEqual(outline, "none", "the focused element shows an outline");
+  await page.screenshot({ path: `${SHOTS}/phone.png`, fullPage: true });
+  await page.close();
+});

@@ -488,7 +488,7 @@ async fn status_page(
             r##"<div class="banner ok" role="status"><h1>Thank you: we have your application</h1>
 <p>Your reference number is</p><p class="reference" id="reference">{r}</p>
 <p><button type="button" class="secondary" data-copy="{r}" hidden>Copy reference</button></p>
-<p>Keep it to follow your application on this page, which updates by itself.</p></div>"##,
+<p>Keep it to follow your application on this page, which updates by itself. Its address: <a href="/loans/{r}">/loans/{r}</a>.</p></div>"##,
             r = esc(reference.as_str())
         )
     } else {

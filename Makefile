@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/loanflow
 
-.PHONY: run test prepare build migrate lint fmt schema schema-check screenshots
+.PHONY: run test prepare build migrate lint fmt schema schema-check screenshots simulate
 
 ## run: prepare the machine, migrate, start every service (Ctrl-C stops them all)
 run: export LOANFLOW_SKIP_BROWSER = 1
@@ -29,6 +29,11 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## simulate: rehearse a scenario against the system `make run` started (SCENARIO=smoke)
+SCENARIO ?= smoke
+simulate: build
+	$(BIN) simulate examples/$(SCENARIO).toml
 
 ## schema: regenerate every src/schema.rs from the migrations (needs the diesel CLI)
 schema:

@@ -7,7 +7,9 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,14 +35,48 @@ struct ErrorBody {
     message: &'static str,
 }
 
-#[derive(Clone, Copy)]
-struct Latency(Duration);
+/// Faults a simulation can switch on at run time (`PUT /admin/faults`): extra latency
+/// and a full outage. This is a simulator's control, for loopback use; a real bureau
+/// has none.
+#[derive(Debug, Default)]
+struct Faults {
+    base_latency_ms: u64,
+    extra_latency_ms: AtomicU64,
+    down: AtomicBool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FaultsBody {
+    #[serde(default)]
+    pub latency_ms: u64,
+    #[serde(default)]
+    pub down: bool,
+}
+
+async fn get_faults(faults: web::Data<Faults>) -> HttpResponse {
+    HttpResponse::Ok().json(FaultsBody {
+        latency_ms: faults.extra_latency_ms.load(Ordering::Relaxed),
+        down: faults.down.load(Ordering::Relaxed),
+    })
+}
+
+async fn set_faults(body: web::Json<FaultsBody>, faults: web::Data<Faults>) -> HttpResponse {
+    faults.extra_latency_ms.store(body.latency_ms, Ordering::Relaxed);
+    faults.down.store(body.down, Ordering::Relaxed);
+    tracing::info!(latency_ms = body.latency_ms, down = body.down, "bureau faults set");
+    HttpResponse::Ok().json(&*body)
+}
 
 /// `GET /api/scores/{national_id}` → `{"score": 720}`. The id is not echoed and not
 /// logged: it is personal data.
-async fn score(path: web::Path<String>, latency: web::Data<Latency>) -> HttpResponse {
-    if !latency.0.is_zero() {
-        tokio::time::sleep(latency.0).await;
+async fn score(path: web::Path<String>, faults: web::Data<Faults>) -> HttpResponse {
+    if faults.down.load(Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable()
+            .json(ErrorBody { error: "unavailable", message: "the bureau is down (simulated outage)" });
+    }
+    let latency = faults.base_latency_ms + faults.extra_latency_ms.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     match NationalId::parse(&path) {
         Ok(id) => HttpResponse::Ok().json(ScoreBody { score: bureau_score(&id) }),
@@ -53,9 +89,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     let bind_error = |e| StartError::Bind(listen.clone(), e);
     let listener = TcpListener::bind(&listen).map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
-    let latency = web::Data::new(Latency(Duration::from_millis(settings.bureau.latency_ms)));
+    let faults = web::Data::new(Faults { base_latency_ms: settings.bureau.latency_ms, ..Faults::default() });
     let server = HttpServer::new(move || {
-        App::new().app_data(latency.clone()).route("/api/scores/{national_id}", web::get().to(score))
+        App::new()
+            .app_data(faults.clone())
+            .route("/api/scores/{national_id}", web::get().to(score))
+            .route("/admin/faults", web::get().to(get_faults))
+            .route("/admin/faults", web::put().to(set_faults))
     })
     .workers(settings.bureau.workers.max(1))
     .disable_signals()

@@ -41,3 +41,15 @@ async fn configured_latency_delays_every_answer() {
     assert!(started.elapsed() >= Duration::from_millis(300), "answered after {:?}", started.elapsed());
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_simulated_outage_can_be_switched_on_and_off() {
+    let (base, stop) = bureau(0).await;
+    let client = reqwest::Client::new();
+    let set = |down: bool| client.put(format!("{base}/admin/faults")).json(&serde_json::json!({"down": down})).send();
+    assert_eq!(set(true).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{base}/api/scores/SBX720")).await.unwrap().status(), 503);
+    assert_eq!(set(false).await.unwrap().status(), 200);
+    assert_eq!(get(format!("{base}/api/scores/SBX720")).await, (200, serde_json::json!({"score": 720})));
+    stop.cancel();
+}

@@ -84,6 +84,8 @@ pub struct TestSystem {
     pub intake_broker: FaultProxy,
     /// Between the credit level and the bureau.
     pub bureau: FaultProxy,
+    /// The bureau itself (for its fault controls).
+    pub bureau_url: String,
     pub id: String,
     pub vhost: String,
     pub base_url: String,
@@ -158,6 +160,7 @@ impl TestSystem {
             settings,
             intake_broker,
             bureau: bureau_proxy,
+            bureau_url: format!("http://{bureau_addr}"),
             id,
             vhost,
             base_url,

@@ -2,7 +2,7 @@
 //! all. `loanflow all` runs the whole system in one process, for a laptop or a demo;
 //! in production each service runs as its own process (and levels as several).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -35,6 +35,19 @@ enum Command {
     Migrate,
     /// Every service in one process.
     All,
+    /// Rehearses a scenario (examples/*.toml) against a running system, as a client.
+    Simulate {
+        scenario: PathBuf,
+        /// The intake.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The bureau, for scenarios with faults.
+        #[arg(long, default_value = "http://127.0.0.1:8090")]
+        bureau_url: String,
+        /// Where the report folder is written.
+        #[arg(long, default_value = "reports")]
+        reports: PathBuf,
+    },
     /// The dead-letter queue: list what is there, replay it.
     Dlq {
         #[command(subcommand)]
@@ -64,11 +77,15 @@ enum DlqAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Simulate { scenario, url, bureau_url, reports } = &cli.command {
+        return simulate(scenario, url, bureau_url, reports).await;
+    }
     let settings = Settings::load(&cli.config).context("loading configuration")?;
     telemetry::init(&settings.telemetry);
     let stop = shutdown::on_signal();
     let running = match cli.command {
         Command::Migrate => return migrate(&settings).await,
+        Command::Simulate { .. } => unreachable!("handled above: a client needs no configuration"),
         Command::Dlq { action } => return dlq(&settings, action).await,
         Command::Intake => vec![loanflow_intake::start(settings, stop).await?],
         Command::Bureau => vec![loanflow_bureau::start(settings, stop).await?],
@@ -95,6 +112,30 @@ async fn start_all(settings: Settings, stop: CancellationToken) -> anyhow::Resul
     }
     running.push(intake);
     Ok(running)
+}
+
+async fn simulate(scenario: &Path, url: &str, bureau_url: &str, reports: &Path) -> anyhow::Result<()> {
+    let scenario = loanflow_simulate::Scenario::load(scenario)?;
+    let options = loanflow_simulate::Options {
+        url: url.trim_end_matches('/').to_owned(),
+        bureau_url: bureau_url.trim_end_matches('/').to_owned(),
+        report_dir: reports.to_owned(),
+        approver_token: None,
+        progress: true,
+    };
+    let outcome = loanflow_simulate::run(&scenario, &options).await?;
+    print!("{}", outcome.report.table());
+    let dir = outcome.report.write(reports)?;
+    println!("report: {}", dir.display());
+    if outcome.failures.is_empty() {
+        println!("expectations met");
+        Ok(())
+    } else {
+        for failure in &outcome.failures {
+            println!("NOT MET: {failure}");
+        }
+        std::process::exit(1);
+    }
 }
 
 async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {

@@ -1,0 +1,50 @@
+//! The `smoke` scenario as a test: the simulator drives a real system through its
+//! public API only, and the scenario's own expectations decide the verdict.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::path::Path;
+
+use loanflow_testkit::{TestSystem, MANAGER_TOKEN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_scenario_meets_its_expectations() {
+    let system = TestSystem::start().await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let scenario = loanflow_simulate::Scenario::load(&root.join("examples/smoke.toml")).unwrap();
+    let options = loanflow_simulate::Options {
+        url: system.base_url.clone(),
+        bureau_url: system.bureau_url.clone(),
+        report_dir: root.join("target/reports"),
+        approver_token: Some(MANAGER_TOKEN.to_owned()),
+        progress: false,
+    };
+    let outcome = loanflow_simulate::run(&scenario, &options).await.unwrap();
+    let report = &outcome.report;
+    println!("{}", report.table());
+    assert!(outcome.failures.is_empty(), "unmet: {:?}", outcome.failures);
+    assert_eq!(report.applications, 20);
+    // Every kind of outcome the scenario is built to produce, with its level and reason.
+    for expected in [
+        "rejected at kyc: applicant is under 18 (auto)",
+        "rejected at kyc: applicant is on the sanctions list (auto)",
+        "rejected at credit: credit score below 580 (auto)",
+        "rejected at underwriting: debt-to-income ratio above 0.43 (auto)",
+        "approved at manager: within the automatic approval limit (auto)",
+    ] {
+        assert!(report.reasons.contains_key(expected), "{expected} missing from {:?}", report.reasons);
+    }
+    assert!(
+        report.reasons.keys().any(|k| k.ends_with("(approver:grace)")),
+        "the scripted approver decided the big tickets: {:?}",
+        report.reasons
+    );
+    assert_eq!(report.end_to_end_samples.len(), 20, "every application's end-to-end latency is known");
+
+    let folder = report.write(&root.join("target/reports")).unwrap();
+    for file in ["summary.json", "statuses.svg", "latency.svg"] {
+        let text = std::fs::read_to_string(folder.join(file)).unwrap();
+        assert!(text.len() > 200, "{file} has content");
+    }
+    system.shutdown().await;
+}

@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/loanflow
 
-.PHONY: run test prepare build migrate lint fmt schema schema-check screenshots simulate
+.PHONY: run test prepare build migrate lint fmt schema schema-check screenshots simulate bench
 
 ## run: prepare the machine, migrate, start every service (Ctrl-C stops them all)
 run: export LOANFLOW_SKIP_BROWSER = 1
@@ -29,6 +29,10 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## bench: the benchmark (release build, own vhost and schemas); appends to docs/bench-results.md
+bench:
+	deploy/bench.sh
 
 ## simulate: rehearse a scenario against the system `make run` started (SCENARIO=smoke)
 SCENARIO ?= smoke

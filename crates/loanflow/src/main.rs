@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
+mod bench;
 use clap::{Parser, Subcommand};
 
 use loanflow_platform::db;
@@ -48,6 +50,21 @@ enum Command {
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
     },
+    /// The benchmark client behind `make bench` (see deploy/bench.sh).
+    Bench {
+        #[arg(long, default_value = "http://127.0.0.1:18080")]
+        url: String,
+        /// AMQP URI of the benchmark's vhost.
+        #[arg(long)]
+        amqp: String,
+        /// Service processes to measure, as name=pid.
+        #[arg(long = "pid", value_parser = parse_pid)]
+        pids: Vec<(String, u32)>,
+        #[arg(long, default_value = "docs/bench-results.md")]
+        results: PathBuf,
+        #[arg(long, default_value_t = 5000)]
+        full_speed_count: usize,
+    },
     /// The dead-letter queue: list what is there, replay it.
     Dlq {
         #[command(subcommand)]
@@ -80,12 +97,18 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Simulate { scenario, url, bureau_url, reports } = &cli.command {
         return simulate(scenario, url, bureau_url, reports).await;
     }
+    if let Command::Bench { url, amqp, pids, results, full_speed_count } = cli.command {
+        let args = bench::Args { url, amqp, pids, results, full_speed_count };
+        return bench::run(args).await;
+    }
     let settings = Settings::load(&cli.config).context("loading configuration")?;
     telemetry::init(&settings.telemetry);
     let stop = shutdown::on_signal();
     let running = match cli.command {
         Command::Migrate => return migrate(&settings).await,
-        Command::Simulate { .. } => unreachable!("handled above: a client needs no configuration"),
+        Command::Simulate { .. } | Command::Bench { .. } => {
+            unreachable!("handled above: a client needs no configuration")
+        }
         Command::Dlq { action } => return dlq(&settings, action).await,
         Command::Intake => vec![loanflow_intake::start(settings, stop).await?],
         Command::Bureau => vec![loanflow_bureau::start(settings, stop).await?],
@@ -112,6 +135,11 @@ async fn start_all(settings: Settings, stop: CancellationToken) -> anyhow::Resul
     }
     running.push(intake);
     Ok(running)
+}
+
+fn parse_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected name=pid")?;
+    Ok((name.to_owned(), pid.parse().map_err(|_| "pid must be a number")?))
 }
 
 async fn simulate(scenario: &Path, url: &str, bureau_url: &str, reports: &Path) -> anyhow::Result<()> {

@@ -1,0 +1,367 @@
+//! `loanflow bench`: the benchmark client behind `make bench`. It drives a running
+//! system (started by `deploy/bench.sh`, one process per service) through its public
+//! API, watches finals on the status exchange (so measuring adds no polling load),
+//! measures the broker's own ceiling on the same machine in the same run, and reads
+//! each service process's peak resident memory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::{stream, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties};
+use serde_json::{json, Value};
+
+use loanflow_domain::messages::{Envelope, StatusMessage};
+use loanflow_platform::broker::{Outgoing, Publisher, STATUS_EXCHANGE};
+
+pub struct Args {
+    pub url: String,
+    pub amqp: String,
+    /// name=pid of every service process.
+    pub pids: Vec<(String, u32)>,
+    pub results: PathBuf,
+    pub full_speed_count: usize,
+}
+
+/// When each reference became final, as seen on the status exchange.
+#[derive(Default)]
+struct Finals {
+    at: HashMap<String, Instant>,
+}
+
+async fn tap(amqp: &str) -> anyhow::Result<(Arc<Mutex<Finals>>, Connection)> {
+    let conn = Connection::connect(amqp, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+    let queue = channel.queue_declare("".into(), options, FieldTable::default()).await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            STATUS_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "bench-tap".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    let finals = Arc::new(Mutex::new(Finals::default()));
+    let sink = finals.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            if let Ok(env) = Envelope::<StatusMessage>::decode(&delivery.data) {
+                let StatusMessage::V1(event) = env.body;
+                if event.status.is_final() {
+                    sink.lock().expect("finals").at.entry(env.reference.to_string()).or_insert_with(Instant::now);
+                }
+            }
+        }
+    });
+    Ok((finals, conn))
+}
+
+fn application(i: usize) -> Value {
+    json!({
+        "applicant": {
+            "full_name": "Bench Applicant", "email": "bench@example.com",
+            "national_id": format!("SBX800B{i:08}"), "date_of_birth": "1985-06-15",
+            "annual_income": "120000.00", "monthly_debts": "500.00", "employment_status": "employed"
+        },
+        "amount": "20000.00", "currency": "USD", "term_months": 36, "purpose": "car"
+    })
+}
+
+struct Sent {
+    reference: String,
+    at: Instant,
+    submit_ms: f64,
+}
+
+async fn submit(http: &reqwest::Client, url: &str, i: usize) -> anyhow::Result<Sent> {
+    let at = Instant::now();
+    let response = http.post(format!("{url}/api/loans")).json(&application(i)).send().await?;
+    let submit_ms = at.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(response.status().as_u16() == 202, "submission answered {}", response.status());
+    let body: Value = response.json().await?;
+    let reference = body["reference"].as_str().context("reference")?.to_owned();
+    Ok(Sent { reference, at, submit_ms })
+}
+
+/// Waits until every sent reference is final; returns how many never were.
+async fn wait_final(finals: &Mutex<Finals>, sent: &[Sent], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let missing = {
+            let f = finals.lock().expect("finals");
+            sent.iter().filter(|s| !f.at.contains_key(&s.reference)).count()
+        };
+        if missing == 0 || Instant::now() > deadline {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pct(samples: &mut [f64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(f64::total_cmp);
+    let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+    samples[rank - 1]
+}
+
+/// Sends `count` applications at `rate` per second; returns what was sent.
+async fn at_rate(
+    http: &reqwest::Client,
+    url: &str,
+    rate: f64,
+    count: usize,
+    offset: usize,
+) -> anyhow::Result<Vec<Sent>> {
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        tokio::time::sleep(Duration::from_secs_f64(i as f64 / rate).saturating_sub(start.elapsed())).await;
+        let (http, url) = (http.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move { submit(&http, &url, offset + i).await }));
+    }
+    let mut sent = Vec::with_capacity(count);
+    for t in tasks {
+        sent.push(t.await??);
+    }
+    Ok(sent)
+}
+
+/// The broker's ceiling: the same number of hops as the chain (4 levels + ledger),
+/// quorum queues, persistent messages of the same size, confirms on every publish,
+/// acks after the confirm. Returns chains completed per second.
+async fn broker_ceiling(amqp: &str, count: usize, payload_size: usize) -> anyhow::Result<f64> {
+    const HOPS: usize = 5;
+    let queue = |i: usize| format!("bench.ceiling.{i}");
+    let setup = Connection::connect(amqp, ConnectionProperties::default()).await?;
+    let ch = setup.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    for i in 0..HOPS {
+        let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        ch.queue_declare(queue(i).as_str().into(), options, args.clone()).await?;
+    }
+    let done = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut conns = Vec::new();
+    for i in 0..HOPS {
+        let conn = Connection::connect(amqp, ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        channel.basic_qos(256, BasicQosOptions::default()).await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue(i).as_str().into(),
+                "hop".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let publisher = Publisher::open(&conn).await?;
+        let (next, done) = (if i + 1 < HOPS { Some(queue(i + 1)) } else { None }, done.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let (publisher, next, done) = (publisher.clone(), next.clone(), done.clone());
+                tokio::spawn(async move {
+                    if let Some(next) = &next {
+                        let out = Outgoing {
+                            exchange: "",
+                            routing_key: next,
+                            reference: "LN-BENCH",
+                            message_id: uuid::Uuid::new_v4(),
+                            payload: &delivery.data,
+                            headers: FieldTable::default(),
+                        };
+                        if publisher.publish(out).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        done.add_permits(1);
+                    }
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                });
+            }
+        });
+        conns.push(conn);
+    }
+    let publisher = Publisher::open(&setup).await?;
+    let payload = vec![b'x'; payload_size];
+    let start = Instant::now();
+    stream::iter(0..count)
+        .for_each_concurrent(256, |_| {
+            let (publisher, payload) = (publisher.clone(), &payload);
+            async move {
+                let out = Outgoing {
+                    exchange: "",
+                    routing_key: "bench.ceiling.0",
+                    reference: "LN-BENCH",
+                    message_id: uuid::Uuid::new_v4(),
+                    payload,
+                    headers: FieldTable::default(),
+                };
+                let _ = publisher.publish(out).await;
+            }
+        })
+        .await;
+    let all = u32::try_from(count).unwrap_or(u32::MAX);
+    tokio::time::timeout(Duration::from_secs(120), done.acquire_many(all))
+        .await
+        .context("ceiling chain timed out")??
+        .forget();
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    // Let the queues drain before deleting them (rabbitmq/ra#484), then clean up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..HOPS {
+        let _ = ch.queue_delete(queue(i).as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    for conn in conns {
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    let _ = setup.close(200, "bye".into()).await;
+    Ok(rate)
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores ({cpu})")
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(30)).build()?;
+    let (finals, _tap) = tap(&args.amqp).await?;
+    let mut offset = 0;
+
+    // 1. Full speed: as fast as 64 concurrent clients can submit.
+    eprintln!("full speed: {} applications…", args.full_speed_count);
+    let start = Instant::now();
+    let sent: Vec<Sent> = stream::iter(0..args.full_speed_count)
+        .map(|i| {
+            let http = http.clone();
+            let url = args.url.clone();
+            async move { submit(&http, &url, i).await }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    offset += sent.len();
+    let lost_full = wait_final(&finals, &sent, Duration::from_secs(300)).await;
+    let last_final = {
+        let f = finals.lock().expect("finals");
+        sent.iter().filter_map(|s| f.at.get(&s.reference)).max().copied().unwrap_or_else(Instant::now)
+    };
+    let throughput = (sent.len() - lost_full) as f64 / (last_final - start).as_secs_f64();
+
+    // 2. Submit latency at a fixed 300/s.
+    eprintln!("fixed 300/s for 10 s…");
+    let sent300 = at_rate(&http, &args.url, 300.0, 3000, offset).await?;
+    offset += sent300.len();
+    let lost_300 = wait_final(&finals, &sent300, Duration::from_secs(120)).await;
+    let mut submit300: Vec<f64> = sent300.iter().map(|s| s.submit_ms).collect();
+
+    // 3. End-to-end latency at a fixed 100/s.
+    eprintln!("fixed 100/s for 20 s…");
+    let sent100 = at_rate(&http, &args.url, 100.0, 2000, offset).await?;
+    let lost_100 = wait_final(&finals, &sent100, Duration::from_secs(120)).await;
+    let mut e2e100: Vec<f64> = {
+        let f = finals.lock().expect("finals");
+        sent100.iter().filter_map(|s| f.at.get(&s.reference).map(|t| (*t - s.at).as_secs_f64() * 1000.0)).collect()
+    };
+
+    // 4. The broker's own ceiling, same machine, same run.
+    eprintln!("broker ceiling…");
+    let payload_size = 1400; // about the size of a work message late in the chain
+    let ceiling = broker_ceiling(&args.amqp, 10_000, payload_size).await?;
+
+    let memory: Vec<(String, Option<f64>)> = args.pids.iter().map(|(n, p)| (n.clone(), peak_rss_mib(*p))).collect();
+    let lost = lost_full + lost_300 + lost_100;
+
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let (s50, s99) = (pct(&mut submit300, 0.50), pct(&mut submit300, 0.99));
+    let (e50, e99) = (pct(&mut e2e100, 0.50), pct(&mut e2e100, 0.99));
+    let mut table = String::new();
+    table.push_str(&format!(
+        "\n### {} — {}\n\n`make bench` on {}\n\n| measure | result | target | |\n|---|---|---|---|\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        git_rev(),
+        machine()
+    ));
+    let mut row =
+        |m: &str, r: String, t: &str, ok: bool| table.push_str(&format!("| {m} | {r} | {t} | {} |\n", verdict(ok)));
+    row(
+        "sustained throughput, all levels auto-decided",
+        format!("{throughput:.0} finalised/s ({} applications)", sent.len()),
+        "≥ 1000/s",
+        throughput >= 1000.0,
+    );
+    row("bare broker chain (5 hops, quorum, confirms)", format!("{ceiling:.0} chains/s"), "", true);
+    row(
+        "ratio to the broker's ceiling",
+        format!("{:.2}", throughput / ceiling),
+        "≥ 0.25",
+        throughput / ceiling >= 0.25,
+    );
+    row("submit latency at 300/s", format!("p50 {s50:.1} ms, p99 {s99:.1} ms"), "p99 ≤ 10 ms", s99 <= 10.0);
+    row(
+        "end-to-end latency at 100/s",
+        format!("p50 {e50:.1} ms, p99 {e99:.1} ms"),
+        "p50 ≤ 50 ms, p99 ≤ 250 ms",
+        e50 <= 50.0 && e99 <= 250.0,
+    );
+    for (name, m) in &memory {
+        let shown = m.map(|v| format!("{v:.1} MiB")).unwrap_or_else(|| "unknown".into());
+        row(&format!("peak resident memory: {name}"), shown, "≤ 64 MiB", m.is_some_and(|v| v <= 64.0));
+    }
+    row("applications lost or never final", lost.to_string(), "0", lost == 0);
+    println!("{table}");
+    let mut results = std::fs::read_to_string(&args.results).unwrap_or_else(|_| {
+        "# Benchmark results\n\nEvery `make bench` run appends its table here, newest last, so regressions show.\n"
+            .into()
+    });
+    results.push_str(&table);
+    std::fs::write(&args.results, results)?;
+    println!("appended to {}", args.results.display());
+    Ok(())
+}
+
+fn git_rev() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown revision".into())
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make bench`: starts the system as `make run` does (release build, one process per
+# service, so each one's memory can be measured), in a vhost and schemas of its own
+# (it never touches a running `make run`), runs the benchmark client, and stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LOANFLOW_SKIP_BROWSER=1 deploy/prepare.sh
+cargo build --release --bin loanflow
+BIN=target/release/loanflow
+VHOST=loanflow-bench
+API=http://127.0.0.1:15672/api
+AUTH=guest:guest
+
+curl -fsS -u $AUTH -X DELETE "$API/vhosts/$VHOST" >/dev/null 2>&1 || true
+curl -fsS -u $AUTH -X PUT "$API/vhosts/$VHOST" >/dev/null
+curl -fsS -u $AUTH -X PUT -H 'content-type: application/json' \
+  -d '{"configure":".*","write":".*","read":".*"}' "$API/permissions/$VHOST/guest" >/dev/null
+psql -h 127.0.0.1 -U root -d loanflow -qc \
+  "DROP SCHEMA IF EXISTS bench_intake, bench_ledger, bench_level_kyc, bench_level_credit, bench_level_underwriting, bench_level_manager CASCADE" >/dev/null
+
+export LOANFLOW_CONFIG_DIR=/nonexistent
+export LOANFLOW__BROKER__URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
+export LOANFLOW__INTAKE__DATABASE__SCHEMA=bench_intake
+export LOANFLOW__LEDGER__DATABASE__SCHEMA=bench_ledger
+export LOANFLOW__LEVELS__DATABASE__SCHEMA=bench_level_
+export LOANFLOW__INTAKE__LISTEN=127.0.0.1:18080
+export LOANFLOW__BUREAU__LISTEN=127.0.0.1:18090
+export LOANFLOW__LEVELS__BUREAU_URL=http://127.0.0.1:18090
+export LOANFLOW__TELEMETRY__FILTER=warn
+$BIN migrate >/dev/null
+
+pids=()
+args=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  curl -fsS -u $AUTH -X DELETE "$API/vhosts/$VHOST" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+start() { # name, then the subcommand
+  local name=$1; shift
+  $BIN "$@" > "target/bench-$name.log" 2>&1 &
+  pids+=($!)
+  args+=(--pid "$name=$!")
+}
+start bureau bureau
+start ledger ledger
+for level in kyc credit underwriting manager; do start "level-$level" level $level; done
+start intake intake
+for _ in $(seq 1 60); do
+  curl -fsS http://127.0.0.1:18080/health/ready >/dev/null 2>&1 && break
+  sleep 0.5
+done
+curl -fsS http://127.0.0.1:18080/health/ready >/dev/null
+
+$BIN bench --url http://127.0.0.1:18080 --amqp "$LOANFLOW__BROKER__URL" "${args[@]}" "$@"

@@ -39,12 +39,7 @@ pub enum StartError {
 
 /// Migrates, binds and starts every task of the intake. Returns once it is serving.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let pool = db::pool(&settings.intake.database);
-    let schema = settings.intake.database.schema.clone();
-    let migrate_pool = pool.clone();
-    tokio::task::spawn_blocking(move || db::migrate(&migrate_pool, &schema, MIGRATIONS))
-        .await
-        .map_err(|_| DbError::Cancelled)??;
+    let pool = db::migrated_pool(&settings.intake.database, MIGRATIONS).await?;
 
     let listener =
         TcpListener::bind(&settings.intake.listen).map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?;

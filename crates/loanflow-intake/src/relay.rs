@@ -61,9 +61,8 @@ pub async fn run(settings: Settings, pool: PgPool, wake: Arc<Notify>, health: Fl
             Err(e) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "outbox relay interrupted");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(wait) => {}
+                if !broker::pause_unless_stopped(wait, &shutdown).await {
+                    return;
                 }
             }
         }

@@ -29,12 +29,7 @@ pub enum StartError {
 }
 
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let pool = db::pool(&settings.ledger.database);
-    let schema = settings.ledger.database.schema.clone();
-    let migrate_pool = pool.clone();
-    tokio::task::spawn_blocking(move || db::migrate(&migrate_pool, &schema, MIGRATIONS))
-        .await
-        .map_err(|_| DbError::Cancelled)??;
+    let pool = db::migrated_pool(&settings.ledger.database, MIGRATIONS).await?;
     let tasks = TaskTracker::new();
     let health = Health::default();
     let consuming = health.part("broker");

@@ -67,12 +67,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(Running, Arc<LevelStats>), StartError> {
     let kind = LevelKind::from_name(name).ok_or_else(|| StartError::UnknownLevel(name.to_owned()))?;
-    let db_settings = settings.levels.database_for(name);
-    let pool = db::pool(&db_settings);
-    let migrate_pool = pool.clone();
-    tokio::task::spawn_blocking(move || db::migrate(&migrate_pool, &db_settings.schema, MIGRATIONS))
-        .await
-        .map_err(|_| DbError::Cancelled)??;
+    let pool = db::migrated_pool(&settings.levels.database_for(name), MIGRATIONS).await?;
     let bureau =
         reqwest::Client::builder().timeout(Duration::from_millis(settings.levels.bureau_timeout_ms)).build()?;
     let stats = Arc::new(LevelStats::default());

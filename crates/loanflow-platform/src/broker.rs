@@ -192,9 +192,8 @@ pub async fn connect_with_backoff(settings: &BrokerSettings, shutdown: &Cancella
             Err(e) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker unreachable");
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(wait) => {}
+                if !pause_unless_stopped(wait, shutdown).await {
+                    return None;
                 }
             }
         }
@@ -223,6 +222,14 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         self.next = self.initial;
+    }
+}
+
+/// Sleeps `wait` unless `shutdown` fires first; `false` when it did.
+pub async fn pause_unless_stopped(wait: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
     }
 }
 
@@ -376,9 +383,8 @@ where
             Err(e) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(%queue, error = %e, retry_in_ms = wait.as_millis() as u64, "consumer lost its connection");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(wait) => {}
+                if !pause_unless_stopped(wait, &shutdown).await {
+                    return;
                 }
             }
         }

@@ -200,11 +200,10 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         targets.push((settings.levels.database_for(level), loanflow_level::MIGRATIONS));
     }
     for (database, migrations) in targets {
-        let schema = database.schema.clone();
-        tokio::task::spawn_blocking(move || db::migrate(&db::pool(&database), &database.schema, migrations))
-            .await?
-            .with_context(|| format!("migrating schema {schema}"))?;
-        println!("schema {schema}: up to date");
+        db::migrated_pool(&database, migrations)
+            .await
+            .with_context(|| format!("migrating schema {}", database.schema))?;
+        println!("schema {}: up to date", database.schema);
     }
     Ok(())
 }

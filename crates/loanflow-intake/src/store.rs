@@ -200,54 +200,56 @@ pub enum Applied {
 /// Applies one status event, idempotently and in any order: the decision is added
 /// once per level, and the status moves only forward (by `seq`) and never out of a
 /// final state.
+///
+/// One statement, so one round trip and atomic without an explicit transaction: the
+/// `UPDATE` takes the row lock, and PostgreSQL re-checks its `seq` condition after
+/// waiting for it, so concurrent events for one application apply in `seq` order.
 pub fn apply_event(conn: &mut PgConnection, reference: &Reference, event: &StatusEvent) -> Result<Applied, DbError> {
-    conn.transaction(|conn| {
-        let exists: Option<String> = applications::table
-            .find(reference.as_str())
-            .select(applications::reference)
-            .for_update()
-            .first(conn)
-            .optional()?;
-        if exists.is_none() {
-            return Ok(Applied::UnknownReference);
-        }
-        if let Some(d) = &event.decision {
-            diesel::insert_into(decisions::table)
-                .values((
-                    decisions::reference.eq(reference.as_str()),
-                    decisions::level.eq(&d.level),
-                    decisions::seq.eq(i32::try_from(event.seq).unwrap_or(i32::MAX)),
-                    decisions::outcome.eq(d.outcome.as_str()),
-                    decisions::reason.eq(&d.reason),
-                    decisions::decided_by.eq(String::from(d.decided_by.clone())),
-                    decisions::decided_at.eq(d.decided_at),
-                ))
-                .on_conflict_do_nothing()
-                .execute(conn)?;
-        }
-        let finals: Vec<&str> = Status::ALL.iter().filter(|s| s.is_final()).map(|s| s.as_str()).collect();
-        let seq = i32::try_from(event.seq).unwrap_or(i32::MAX);
-        let offer = event.offer.as_ref().and_then(|o| serde_json::to_value(o).ok());
-        if let Some(score) = event.score {
-            diesel::update(applications::table.find(reference.as_str()))
-                .set(applications::score.eq(i32::from(score)))
-                .execute(conn)?;
-        }
-        let updated = diesel::update(
-            applications::table
-                .filter(applications::reference.eq(reference.as_str()))
-                .filter(applications::seq.lt(seq))
-                .filter(applications::status.ne_all(finals)),
-        )
-        .set((
-            applications::status.eq(event.status.as_str()),
-            applications::current_level.eq(&event.current_level),
-            applications::seq.eq(seq),
-            applications::offer.eq(offer),
-            applications::updated_at.eq(event.occurred_at),
-        ))
-        .execute(conn)?;
-        Ok(if updated > 0 { Applied::Advanced } else { Applied::Unchanged })
+    use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Timestamptz};
+
+    #[derive(QueryableByName)]
+    struct Counts {
+        #[diesel(sql_type = BigInt)]
+        known: i64,
+        #[diesel(sql_type = BigInt)]
+        advanced: i64,
+    }
+
+    let d = event.decision.as_ref();
+    let finals: Vec<&str> = Status::ALL.iter().filter(|s| s.is_final()).map(|s| s.as_str()).collect();
+    let seq = i32::try_from(event.seq).unwrap_or(i32::MAX);
+    let counts: Counts = diesel::sql_query(
+        "WITH app AS (SELECT reference FROM applications WHERE reference = $1), \
+         decided AS ( \
+           INSERT INTO decisions (reference, level, seq, outcome, reason, decided_by, decided_at) \
+           SELECT reference, $2, $3, $4, $5, $6, $7 FROM app WHERE $2 IS NOT NULL \
+           ON CONFLICT DO NOTHING), \
+         moved AS ( \
+           UPDATE applications SET status = $8, current_level = $9, seq = $3, offer = $10, \
+                  updated_at = $11, score = COALESCE($12, score) \
+           WHERE reference = $1 AND seq < $3 \
+             AND status <> ALL($13) \
+           RETURNING 1) \
+         SELECT (SELECT count(*) FROM app) AS known, (SELECT count(*) FROM moved) AS advanced",
+    )
+    .bind::<Text, _>(reference.as_str())
+    .bind::<Nullable<Text>, _>(d.map(|d| d.level.clone()))
+    .bind::<Int4, _>(seq)
+    .bind::<Nullable<Text>, _>(d.map(|d| d.outcome.as_str()))
+    .bind::<Nullable<Text>, _>(d.map(|d| d.reason.clone()))
+    .bind::<Nullable<Text>, _>(d.map(|d| String::from(d.decided_by.clone())))
+    .bind::<Nullable<Timestamptz>, _>(d.map(|d| d.decided_at))
+    .bind::<Text, _>(event.status.as_str())
+    .bind::<Nullable<Text>, _>(event.current_level.clone())
+    .bind::<Nullable<Jsonb>, _>(event.offer.as_ref().and_then(|o| serde_json::to_value(o).ok()))
+    .bind::<Timestamptz, _>(event.occurred_at)
+    .bind::<Nullable<Int4>, _>(event.score.map(i32::from))
+    .bind::<Array<Text>, _>(finals)
+    .get_result(conn)?;
+    Ok(match (counts.known, counts.advanced) {
+        (0, _) => Applied::UnknownReference,
+        (_, 0) => Applied::Unchanged,
+        _ => Applied::Advanced,
     })
 }
 

@@ -125,6 +125,24 @@ pub enum WorkMessage {
     ApprovalV1(ApproverDecision),
 }
 
+/// The synchronous twin's answer from a level (`POST /api/steps/{level}`): the same
+/// rule's decision the asynchronous chain would reach, and the work item as the level
+/// leaves it (credit adds the score, underwriting the offer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepAnswer {
+    pub outcome: StepOutcome,
+    pub reason: Option<String>,
+    pub work: WorkItem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    Approved,
+    Rejected,
+    AwaitApprover,
+}
+
 /// A change of an application's status, published by whichever service caused it.
 ///
 /// `seq` orders the events of one application so that a projection can apply them

@@ -32,6 +32,8 @@ pub struct AppState {
     /// Wakes the outbox relay as soon as a submission is committed.
     pub relay_wake: Arc<Notify>,
     pub approvers: crate::approvals::Approvers,
+    /// Set when this intake runs the synchronous twin instead of the chain.
+    pub sync: Option<Arc<crate::sync::SyncChain>>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -48,6 +50,9 @@ struct Accepted<'a> {
 async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let idempotency_key = idempotency_key(&req)?;
     let value = read_json_object(&req, payload).await?;
+    if let Some(chain) = &state.sync {
+        return crate::sync::submit(&state, chain, &value).await;
+    }
     let reference = accept(&state, &value, idempotency_key).await?;
     let status_url = format!("/api/loans/{reference}");
     Ok(HttpResponse::Accepted().insert_header((header::LOCATION, status_url.as_str())).json(Accepted {
@@ -65,23 +70,9 @@ pub(crate) async fn accept(
     value: &serde_json::Value,
     idempotency_key: Option<String>,
 ) -> Result<String, ApiError> {
-    let now = Utc::now();
-    let application = Application::parse(value, now.date_naive()).map_err(ApiError::Validation)?;
-
-    let reference = new_reference();
-    tracing::Span::current().record("reference", reference.as_str());
-    let slip = RoutingSlip::through(&state.chain);
-    let first_step = slip.current().unwrap_or_default().to_owned();
-    let stored = serde_json::to_value(&application).map_err(|_| ApiError::InvalidJson)?;
-    let work = WorkItem {
-        application,
-        submitted_at: now,
-        submitted_on: now.date_naive(),
-        slip,
-        decisions: Vec::new(),
-        score: None,
-        offer: None,
-    };
+    let (reference, stored, work) = new_work(state, value)?;
+    let now = work.submitted_at;
+    let first_step = work.slip.current().unwrap_or_default().to_owned();
     let envelope = Envelope::new(reference.clone(), &format!("work/{first_step}"), now, WorkMessage::V1(work));
     let submission = Submission {
         reference: reference.clone(),
@@ -133,6 +124,29 @@ pub(crate) async fn read_json_object(req: &HttpRequest, payload: web::Payload) -
         return Err(ApiError::NotAnObject);
     }
     Ok(value)
+}
+
+/// Validates an application and starts its work item: what both the chain and the
+/// synchronous twin begin with.
+pub(crate) fn new_work(
+    state: &AppState,
+    value: &serde_json::Value,
+) -> Result<(Reference, serde_json::Value, WorkItem), ApiError> {
+    let now = Utc::now();
+    let application = Application::parse(value, now.date_naive()).map_err(ApiError::Validation)?;
+    let reference = new_reference();
+    tracing::Span::current().record("reference", reference.as_str());
+    let stored = serde_json::to_value(&application).map_err(|_| ApiError::InvalidJson)?;
+    let work = WorkItem {
+        application,
+        submitted_at: now,
+        submitted_on: now.date_naive(),
+        slip: RoutingSlip::through(&state.chain),
+        decisions: Vec::new(),
+        score: None,
+        offer: None,
+    };
+    Ok((reference, stored, work))
 }
 
 fn new_reference() -> Reference {
@@ -215,9 +229,14 @@ impl From<Decision> for DecisionBody {
 #[tracing::instrument(name = "status", skip_all, fields(reference = %path.as_str()))]
 async fn status(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let reference = Reference::parse(&path).map_err(|_| ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(status_body(&state, reference).await?))
+}
+
+/// The contract's status document of one application.
+pub(crate) async fn status_body(state: &AppState, reference: Reference) -> Result<impl Serialize, ApiError> {
     let lookup = reference.clone();
     let view = blocking(&state.pool, move |conn| store::load_status(conn, &lookup)).await?.ok_or(ApiError::NotFound)?;
-    Ok(HttpResponse::Ok().json(StatusBody {
+    Ok(StatusBody {
         reference: reference.into(),
         status: view.status,
         current_level: view.current_level,
@@ -225,7 +244,7 @@ async fn status(path: web::Path<String>, state: web::Data<AppState>) -> Result<H
         updated_at: timestamp(view.updated_at),
         decisions: view.decisions.into_iter().map(DecisionBody::from).collect(),
         offer: if view.status == Status::Approved { view.offer } else { None },
-    }))
+    })
 }
 
 /// Unknown paths answer in the contract's error shape too.

@@ -31,6 +31,8 @@ pub enum ApiError {
     Forbidden,
     #[error("the application is not waiting for that decision")]
     NotAwaitingDecision,
+    #[error("the {0} step is unavailable; please try again later")]
+    StepUnavailable(String),
     #[error("no such application")]
     NotFound,
     #[error("no such resource")]
@@ -52,6 +54,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => ("idempotency_key_reused", StatusCode::CONFLICT),
             ApiError::NotFound | ApiError::NoRoute => ("not_found", StatusCode::NOT_FOUND),
             ApiError::Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
+            ApiError::StepUnavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             ApiError::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
             ApiError::NotAwaitingDecision => ("not_awaiting_decision", StatusCode::CONFLICT),
             ApiError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),

@@ -11,6 +11,7 @@ mod projection;
 mod relay;
 mod schema;
 pub mod store;
+mod sync;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub enum StartError {
     Bind(String, std::io::Error),
     #[error("intake database: {0}")]
     Database(#[from] DbError),
+    #[error("HTTP client: {0}")]
+    Client(reqwest::Error),
 }
 
 /// Migrates, binds and starts every task of the intake. Returns once it is serving.
@@ -49,7 +52,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         chain: Arc::new(settings.chain.levels.clone()),
         relay_wake: Arc::new(Notify::new()),
         approvers: Arc::new(settings.intake.approvers.clone()),
+        sync: match settings.intake.sync.enabled {
+            true => Some(Arc::new(sync::SyncChain::new(settings.intake.sync.clone()).map_err(StartError::Client)?)),
+            false => None,
+        },
     };
+    let synchronous = state.sync.is_some();
     let relay_wake = state.relay_wake.clone();
     let data = web::Data::new(state);
     let health = Health::default();
@@ -98,6 +106,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         // Graceful: requests in progress finish; their outbox rows are committed.
         handle.stop(true).await;
     });
+    if synchronous {
+        // The synchronous twin uses no broker.
+        relay_health.set(true);
+        projection_health.set(true);
+        tracing::info!(%addr, "intake listening (synchronous twin: levels are called over HTTP)");
+        return Ok(Running::new(Some(addr), tasks));
+    }
     tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, relay_health, shutdown.clone()));
     tasks.spawn(broker::consume(
         settings,

@@ -92,6 +92,36 @@ pub fn record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Res
     }
 }
 
+/// Records an application alone, with no message: the synchronous twin calls the
+/// levels itself.
+pub fn record_application(
+    conn: &mut PgConnection,
+    reference: &Reference,
+    application: &Value,
+    submitted_at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    insert_application(conn, reference, application, submitted_at)?;
+    Ok(())
+}
+
+fn insert_application(
+    conn: &mut PgConnection,
+    reference: &Reference,
+    application: &Value,
+    submitted_at: DateTime<Utc>,
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(applications::table)
+        .values((
+            applications::reference.eq(reference.as_str()),
+            applications::application.eq(application),
+            applications::status.eq(Status::Submitted.as_str()),
+            applications::submitted_at.eq(submitted_at),
+            applications::updated_at.eq(submitted_at),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
 fn try_record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Result<Recorded, DbError> {
     use crate::schema::idempotency_keys;
     conn.transaction(|conn| {
@@ -110,15 +140,7 @@ fn try_record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Res
                 });
             }
         }
-        diesel::insert_into(applications::table)
-            .values((
-                applications::reference.eq(s.reference.as_str()),
-                applications::application.eq(&s.application),
-                applications::status.eq(Status::Submitted.as_str()),
-                applications::submitted_at.eq(s.submitted_at),
-                applications::updated_at.eq(s.submitted_at),
-            ))
-            .execute(conn)?;
+        insert_application(conn, &s.reference, &s.application, s.submitted_at)?;
         insert_outbox(conn, &s.message)?;
         if let Some(key) = key {
             diesel::insert_into(idempotency_keys::table)

@@ -10,6 +10,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use actix_web::{web, HttpResponse};
 use loanflow_domain::messages::{Envelope, StatusEvent, WorkItem, WorkMessage, LEDGER_STEP};
 use loanflow_domain::{Outcome, Reference, Status};
 use loanflow_platform::broker::{self, step_queue, Disposition, Incoming, Publisher};
@@ -34,7 +35,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     let health = Health::default();
     let consuming = health.part("broker");
     let listen = settings.ledger.health_listen.clone();
-    let addr = health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Health(listen, e))?;
+    let for_http = pool.clone();
+    let booking = move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(for_http.clone())).route("/api/loans/{reference}", web::post().to(book_http));
+    };
+    let addr =
+        health::serve(&listen, health, booking, shutdown.clone(), &tasks).map_err(|e| StartError::Health(listen, e))?;
     tasks.spawn(broker::consume(settings, step_queue(LEDGER_STEP), consuming, shutdown, move |incoming, publisher| {
         book(pool.clone(), incoming, publisher)
     }));
@@ -101,6 +107,24 @@ async fn announce(
     let event =
         StatusEvent { seq, status, current_level: None, decision: None, offer, occurred_at: Utc::now(), score: None };
     broker::send_status(publisher, reference, event).await
+}
+
+/// The synchronous twin's booking: the same checks and the same single insert as
+/// the queue consumer, answered over HTTP.
+async fn book_http(path: web::Path<String>, body: web::Json<WorkItem>, pool: web::Data<PgPool>) -> HttpResponse {
+    let work = body.into_inner();
+    let Ok(reference) = Reference::parse(&path) else {
+        return HttpResponse::NotFound()
+            .json(serde_json::json!({"error": "not_found", "message": "not a loan reference"}));
+    };
+    if let Err(why) = bookable(&work) {
+        return HttpResponse::UnprocessableEntity().json(serde_json::json!({"error": "not_bookable", "message": why}));
+    }
+    match blocking(&pool, move |conn| insert_loan(conn, &reference, &work)).await {
+        Ok(inserted) => HttpResponse::Ok().json(serde_json::json!({"booked": true, "first_time": inserted})),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"error": "unavailable", "message": e.to_string()})),
+    }
 }
 
 /// Only a loan every level approved, with an offer, at the ledger step, is booked.

@@ -18,7 +18,10 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use loanflow_domain::messages::{ApproverDecision, Envelope, StatusEvent, WorkItem, WorkMessage};
+use actix_web::{web, HttpResponse};
+use loanflow_domain::messages::{
+    ApproverDecision, Envelope, StatusEvent, StepAnswer, StepOutcome, WorkItem, WorkMessage,
+};
 use loanflow_domain::rules::{self, LevelKind, ManagerVerdict, Verdict};
 use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
 use loanflow_platform::broker::{self, step_queue, BrokerError, Disposition, Incoming, Publisher};
@@ -84,8 +87,12 @@ pub async fn start(
     let health = Health::default();
     let consuming = health.part("broker");
     let listen = settings.levels.health_listen.clone();
+    let for_http = level.clone();
+    let steps = move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(for_http.clone())).route("/api/steps/{level}", web::post().to(step_http));
+    };
     let health_addr =
-        health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Health(listen, e))?;
+        health::serve(&listen, health, steps, shutdown.clone(), &tasks).map_err(|e| StartError::Health(listen, e))?;
     tasks.spawn(broker::consume(settings, step_queue(name), consuming, shutdown, move |incoming, publisher| {
         let level = level.clone();
         async move { level.handle(incoming, publisher).await }
@@ -110,6 +117,28 @@ enum StepError {
     Db(#[from] DbError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+}
+
+/// The synchronous twin's entry: the same rule as the queue consumer, answered over
+/// HTTP, with no broker and no state (a human level answers `await_approver`).
+async fn step_http(path: web::Path<String>, body: web::Json<WorkItem>, level: web::Data<Arc<Level>>) -> HttpResponse {
+    let mut work = body.into_inner();
+    if path.as_str() != level.name || work.slip.current() != Some(level.name.as_str()) {
+        return HttpResponse::UnprocessableEntity().json(
+            serde_json::json!({"error": "misrouted", "message": "this level is not the work item's current step"}),
+        );
+    }
+    let step = level.decide(&mut work).await;
+    let answer = |outcome, reason| HttpResponse::Ok().json(StepAnswer { outcome, reason, work: work.clone() });
+    match step {
+        Ok(Step::Decided(v)) if v.outcome == Outcome::Approved => answer(StepOutcome::Approved, Some(v.reason)),
+        Ok(Step::Decided(v)) => answer(StepOutcome::Rejected, Some(v.reason)),
+        Ok(Step::AwaitApprover) => answer(StepOutcome::AwaitApprover, None),
+        Err(e @ StepError::BureauUnavailable(_)) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"error": "dependency_unavailable", "message": e.to_string()})),
+        Err(e) => HttpResponse::UnprocessableEntity()
+            .json(serde_json::json!({"error": "cannot_decide", "message": e.to_string()})),
+    }
 }
 
 /// A claim on a message id while it is handled; released on drop.

@@ -69,17 +69,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health/live", web::get().to(live)).route("/health/ready", web::get().to(ready));
 }
 
-/// Serves only the health routes, for services without an HTTP API of their own.
-pub fn serve(
+/// Serves the health routes, plus whatever `extra` adds (a level's synchronous step
+/// endpoint), for services without an HTTP API of their own.
+pub fn serve<F>(
     listen: &str,
     health: Health,
+    extra: F,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
-) -> std::io::Result<std::net::SocketAddr> {
+) -> std::io::Result<std::net::SocketAddr>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
     let listener = TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let data = web::Data::new(health);
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes).configure(extra.clone()))
         .workers(1)
         .disable_signals()
         .shutdown_timeout(1)

@@ -138,6 +138,7 @@ pub struct IntakeSettings {
     /// Approvers and their tokens; none by default.
     #[serde(default)]
     pub approvers: Vec<ApproverSettings>,
+    pub sync: SyncSettings,
     pub workers: usize,
     pub database: DatabaseSettings,
     /// Outbox rows published per round trip.
@@ -145,6 +146,16 @@ pub struct IntakeSettings {
     /// How often the relay looks for unsent rows when nothing woke it: the bound on
     /// how long a message written by another intake instance waits.
     pub relay_poll_ms: u64,
+}
+
+/// The synchronous twin of the chain (see `defaults.toml`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SyncSettings {
+    pub enabled: bool,
+    /// How long the intake waits for one level (or the ledger) before answering 503.
+    pub timeout_ms: u64,
+    pub ledger_url: String,
+    pub level_urls: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

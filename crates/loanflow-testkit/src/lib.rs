@@ -86,6 +86,8 @@ pub struct TestSystem {
     pub bureau: FaultProxy,
     /// The bureau itself (for its fault controls).
     pub bureau_url: String,
+    /// The ledger's HTTP address (health and the synchronous twin's booking).
+    ledger_url: String,
     pub id: String,
     pub vhost: String,
     pub base_url: String,
@@ -93,6 +95,7 @@ pub struct TestSystem {
     stop: CancellationToken,
     services: Vec<Running>,
     levels: Vec<(String, CancellationToken, Running)>,
+    extra_schemas: Vec<String>,
 }
 
 impl TestSystem {
@@ -147,6 +150,7 @@ impl TestSystem {
         let bureau_proxy = FaultProxy::start(bureau_addr).await;
         settings.levels.bureau_url = format!("http://{}", bureau_proxy.addr());
         let ledger = loanflow_ledger::start(settings.clone(), stop.clone()).await?;
+        let ledger_url = format!("http://{}", ledger.addr.context("ledger address")?);
         let mut intake_settings = settings.clone();
         let intake_broker = FaultProxy::start(amqp_addr()?).await;
         intake_settings.broker.url = proxied_amqp_url(&settings.broker.url, intake_broker.addr());
@@ -161,6 +165,7 @@ impl TestSystem {
             intake_broker,
             bureau: bureau_proxy,
             bureau_url: format!("http://{bureau_addr}"),
+            ledger_url,
             id,
             vhost,
             base_url,
@@ -168,6 +173,7 @@ impl TestSystem {
             stop,
             services: vec![bureau, ledger, intake],
             levels: Vec::new(),
+            extra_schemas: Vec::new(),
         };
         system.declare_topology().await?;
         if options.levels {
@@ -245,6 +251,26 @@ impl TestSystem {
             .kill_on_drop(true)
             .spawn()
             .expect("the loanflow binary starts")
+    }
+
+    /// Starts a second intake running the synchronous twin (its own schema), which
+    /// calls this system's level processes and ledger over HTTP. Returns its URL.
+    pub async fn start_sync_intake(&mut self) -> String {
+        let mut settings = self.settings.clone();
+        settings.intake.database.schema = format!("t{}_sync_intake", self.id);
+        settings.intake.sync.enabled = true;
+        settings.intake.sync.timeout_ms = 3000;
+        settings.intake.sync.ledger_url = self.ledger_url.clone();
+        settings.intake.sync.level_urls = self
+            .levels
+            .iter()
+            .map(|(name, _, running)| (name.clone(), format!("http://{}", running.addr.expect("level address"))))
+            .collect();
+        let running = loanflow_intake::start(settings, self.stop.clone()).await.expect("sync intake starts");
+        let url = format!("http://{}", running.addr.expect("sync intake address"));
+        self.services.push(running);
+        self.extra_schemas.push(format!("t{}_sync_intake", self.id));
+        url
     }
 
     pub async fn amqp(&self) -> anyhow::Result<Connection> {
@@ -394,6 +420,7 @@ impl TestSystem {
         for level in &self.settings.chain.levels {
             schemas.push(format!("{}{level}", self.settings.levels.database.schema));
         }
+        schemas.append(&mut self.extra_schemas);
         let url = format!("{}/{TEST_DATABASE}", pg_server());
         let _ = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let mut conn = PgConnection::establish(&url)?;

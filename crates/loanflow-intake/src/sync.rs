@@ -1,0 +1,127 @@
+//! The synchronous twin of the chain, for comparison only: the intake calls each level
+//! over HTTP in turn, then the ledger, and answers the applicant with the final
+//! decision. Same rules (each level runs the same `decide`), same ledger, same status
+//! projection; no broker. While a level is down or slow, applicants get errors or
+//! wait — which is what the asynchronous chain exists to avoid, and what the
+//! benchmark measures.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use chrono::Utc;
+
+use loanflow_domain::messages::{StatusEvent, StepAnswer, StepOutcome};
+use loanflow_domain::rules::Offer;
+use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
+use loanflow_platform::db::blocking;
+use loanflow_platform::settings::SyncSettings;
+
+use crate::api::{new_work, status_body, AppState};
+use crate::error::ApiError;
+use crate::store;
+
+pub struct SyncChain {
+    http: reqwest::Client,
+    settings: SyncSettings,
+}
+
+impl SyncChain {
+    pub fn new(settings: SyncSettings) -> Result<SyncChain, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(settings.timeout_ms)).build()?;
+        Ok(SyncChain { http, settings })
+    }
+}
+
+async fn project(state: &AppState, reference: &Reference, event: StatusEvent) -> Result<(), ApiError> {
+    let reference = reference.clone();
+    blocking(&state.pool, move |conn| store::apply_event(conn, &reference, &event)).await?;
+    Ok(())
+}
+
+fn event(
+    seq: u32,
+    status: Status,
+    current_level: Option<String>,
+    decision: Option<Decision>,
+    offer: Option<Offer>,
+) -> StatusEvent {
+    StatusEvent { seq, status, current_level, decision, offer, occurred_at: Utc::now(), score: None }
+}
+
+pub async fn submit(state: &AppState, chain: &SyncChain, value: &serde_json::Value) -> Result<HttpResponse, ApiError> {
+    let (reference, stored, mut work) = new_work(state, value)?;
+    let (key, at) = (reference.clone(), work.submitted_at);
+    blocking(&state.pool, move |conn| store::record_application(conn, &key, &stored, at)).await?;
+
+    for level in state.chain.iter() {
+        let decided = work.decisions.len();
+        let url = chain.settings.level_urls.get(level).cloned().unwrap_or_default();
+        let answer = chain.http.post(format!("{url}/api/steps/{level}")).json(&work).send().await;
+        let answer: Option<StepAnswer> = match answer {
+            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            _ => None,
+        };
+        let Some(answer) = answer else {
+            // The applicant gets an error; the application is left failed.
+            project(
+                state,
+                &reference,
+                event(StatusEvent::progress_seq(decided), Status::Failed, Some(level.clone()), None, None),
+            )
+            .await?;
+            return Err(ApiError::StepUnavailable(level.clone()));
+        };
+        work = answer.work;
+        let outcome = match answer.outcome {
+            StepOutcome::Approved => Outcome::Approved,
+            StepOutcome::Rejected => Outcome::Rejected,
+            StepOutcome::AwaitApprover => {
+                let waiting = event(
+                    StatusEvent::progress_seq(decided),
+                    Status::AwaitingApprover,
+                    Some(level.clone()),
+                    None,
+                    None,
+                );
+                project(state, &reference, waiting).await?;
+                return respond(state, reference).await;
+            }
+        };
+        let decision = Decision {
+            level: level.clone(),
+            outcome,
+            reason: answer.reason.unwrap_or_default(),
+            decided_by: DecidedBy::Auto,
+            decided_at: Utc::now(),
+        };
+        work.decisions.push(decision.clone());
+        let seq = StatusEvent::decision_seq(work.decisions.len());
+        if outcome == Outcome::Rejected {
+            project(state, &reference, event(seq, Status::Rejected, None, Some(decision), None)).await?;
+            return respond(state, reference).await;
+        }
+        match work.slip.advanced() {
+            Some(next) => {
+                let current = next.current_level().map(str::to_owned);
+                work.slip = next;
+                project(state, &reference, event(seq, Status::InReview, current, Some(decision), None)).await?;
+            }
+            None => return Err(ApiError::StepUnavailable("ledger".into())),
+        }
+    }
+
+    let decided = work.decisions.len();
+    let offer = work.offer.clone();
+    let booked =
+        chain.http.post(format!("{}/api/loans/{reference}", chain.settings.ledger_url)).json(&work).send().await;
+    if !booked.is_ok_and(|r| r.status().is_success()) {
+        project(state, &reference, event(StatusEvent::progress_seq(decided), Status::Failed, None, None, None)).await?;
+        return Err(ApiError::StepUnavailable("ledger".into()));
+    }
+    project(state, &reference, event(StatusEvent::progress_seq(decided), Status::Approved, None, None, offer)).await?;
+    respond(state, reference).await
+}
+
+async fn respond(state: &AppState, reference: Reference) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(status_body(state, reference).await?))
+}

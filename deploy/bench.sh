@@ -16,7 +16,7 @@ curl -fsS -u $AUTH -X PUT "$API/vhosts/$VHOST" >/dev/null
 curl -fsS -u $AUTH -X PUT -H 'content-type: application/json' \
   -d '{"configure":".*","write":".*","read":".*"}' "$API/permissions/$VHOST/guest" >/dev/null
 psql -h 127.0.0.1 -U root -d loanflow -qc \
-  "DROP SCHEMA IF EXISTS bench_intake, bench_ledger, bench_level_kyc, bench_level_credit, bench_level_underwriting, bench_level_manager CASCADE" >/dev/null
+  "DROP SCHEMA IF EXISTS bench_intake, bench_sync_intake, bench_ledger, bench_level_kyc, bench_level_credit, bench_level_underwriting, bench_level_manager CASCADE" >/dev/null
 
 export LOANFLOW_CONFIG_DIR=/nonexistent
 export LOANFLOW__BROKER__URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
@@ -43,14 +43,27 @@ start() { # name, then the subcommand
   pids+=($!)
   args+=(--pid "$name=$!")
 }
+wait_ready() {
+  for _ in $(seq 1 60); do curl -fsS "$1/health/ready" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  curl -fsS "$1/health/ready" >/dev/null
+}
 start bureau bureau
-start ledger ledger
-for level in kyc credit underwriting manager; do start "level-$level" level $level; done
-start intake intake
-for _ in $(seq 1 60); do
-  curl -fsS http://127.0.0.1:18080/health/ready >/dev/null 2>&1 && break
-  sleep 0.5
+LOANFLOW__LEDGER__HEALTH_LISTEN=127.0.0.1:18110 start ledger ledger
+port=18101
+for level in kyc credit underwriting manager; do
+  LOANFLOW__LEVELS__HEALTH_LISTEN=127.0.0.1:$port start "level-$level" level $level
+  port=$((port + 1))
 done
-curl -fsS http://127.0.0.1:18080/health/ready >/dev/null
+start intake intake
+# The synchronous twin: a second intake calling the same level processes over HTTP.
+LOANFLOW__INTAKE__LISTEN=127.0.0.1:18081 LOANFLOW__INTAKE__DATABASE__SCHEMA=bench_sync_intake \
+LOANFLOW__INTAKE__SYNC__ENABLED=true LOANFLOW__INTAKE__SYNC__LEDGER_URL=http://127.0.0.1:18110 \
+LOANFLOW__INTAKE__SYNC__LEVEL_URLS__KYC=http://127.0.0.1:18101 \
+LOANFLOW__INTAKE__SYNC__LEVEL_URLS__CREDIT=http://127.0.0.1:18102 \
+LOANFLOW__INTAKE__SYNC__LEVEL_URLS__UNDERWRITING=http://127.0.0.1:18103 \
+LOANFLOW__INTAKE__SYNC__LEVEL_URLS__MANAGER=http://127.0.0.1:18104 \
+  start intake-sync intake
+wait_ready http://127.0.0.1:18080
+wait_ready http://127.0.0.1:18081
 
-$BIN bench --url http://127.0.0.1:18080 --amqp "$LOANFLOW__BROKER__URL" "${args[@]}" "$@"
+$BIN bench --url http://127.0.0.1:18080 --sync-url http://127.0.0.1:18081 --amqp "$LOANFLOW__BROKER__URL" "${args[@]}" "$@"

@@ -23,6 +23,8 @@ use loanflow_platform::broker::{Outgoing, Publisher, STATUS_EXCHANGE};
 
 pub struct Args {
     pub url: String,
+    /// The intake running the synchronous twin.
+    pub sync_url: Option<String>,
     pub amqp: String,
     /// name=pid of every service process.
     pub pids: Vec<(String, u32)>,
@@ -239,6 +241,105 @@ async fn broker_ceiling(amqp: &str, count: usize, payload_size: usize) -> anyhow
     Ok(rate)
 }
 
+/// CPU seconds used so far by the system under test: every `loanflow` service
+/// process (not this client), RabbitMQ and PostgreSQL.
+fn system_cpu_seconds() -> f64 {
+    let me = std::process::id();
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        if !matches!(comm, "loanflow" | "beam.smp" | "postgres") {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // After the name: state is field 3, utime 14 and stime 15 (1-based, in stat(5)).
+        let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else { continue };
+        total += (utime.parse::<f64>().unwrap_or(0.0) + stime.parse::<f64>().unwrap_or(0.0)) / ticks_per_second;
+    }
+    total
+}
+
+/// One synchronous submission: the applicant waits for the final decision.
+async fn submit_sync(http: &reqwest::Client, url: &str, i: usize) -> (bool, f64) {
+    let at = Instant::now();
+    let ok = http
+        .post(format!("{url}/api/loans"))
+        .json(&application(i))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().as_u16() == 200);
+    (ok, at.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// What applicants saw while a level was frozen.
+struct OutageSeen {
+    sent: usize,
+    errors: usize,
+    max_wait_ms: f64,
+    lost: usize,
+}
+
+/// 50 applications a second for 30 s; the credit level is frozen (SIGSTOP) from
+/// 10 s to 20 s. `sync_url` picks the mode.
+async fn outage(
+    http: &reqwest::Client,
+    url: &str,
+    sync: bool,
+    credit_pid: u32,
+    finals: &Mutex<Finals>,
+    offset: usize,
+) -> anyhow::Result<OutageSeen> {
+    let (rate, count) = (50.0, 1500);
+    let start = Instant::now();
+    let signal = move |sig: &'static str| {
+        let pid = credit_pid.to_string();
+        async move { tokio::process::Command::new("kill").args([sig, &pid]).status().await }
+    };
+    let freezer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let _ = signal("-STOP").await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let _ = signal("-CONT").await;
+    });
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        tokio::time::sleep(Duration::from_secs_f64(i as f64 / rate).saturating_sub(start.elapsed())).await;
+        let (http, url) = (http.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            if sync {
+                let (ok, ms) = submit_sync(&http, &url, offset + i).await;
+                (ok, ms, None)
+            } else {
+                match submit(&http, &url, offset + i).await {
+                    Ok(sent) => (true, sent.submit_ms, Some(sent)),
+                    Err(_) => (false, 0.0, None),
+                }
+            }
+        }));
+    }
+    let mut seen = OutageSeen { sent: count, errors: 0, max_wait_ms: 0.0, lost: 0 };
+    let mut accepted = Vec::new();
+    for t in tasks {
+        let (ok, ms, sent) = t.await?;
+        seen.errors += usize::from(!ok);
+        seen.max_wait_ms = seen.max_wait_ms.max(ms);
+        accepted.extend(sent);
+    }
+    freezer.await?;
+    if !sync {
+        seen.lost = wait_final(finals, &accepted, Duration::from_secs(180)).await;
+    }
+    Ok(seen)
+}
+
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -264,6 +365,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // 1. Full speed: as fast as 64 concurrent clients can submit.
     eprintln!("full speed: {} applications…", args.full_speed_count);
+    let cpu_before = system_cpu_seconds();
     let start = Instant::now();
     let sent: Vec<Sent> = stream::iter(0..args.full_speed_count)
         .map(|i| {
@@ -283,6 +385,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sent.iter().filter_map(|s| f.at.get(&s.reference)).max().copied().unwrap_or_else(Instant::now)
     };
     let throughput = (sent.len() - lost_full) as f64 / (last_final - start).as_secs_f64();
+    let cpu_per_app_async = (system_cpu_seconds() - cpu_before) * 1000.0 / sent.len().max(1) as f64;
 
     // 2. Submit latency at a fixed 300/s.
     eprintln!("fixed 300/s for 10 s…");
@@ -305,12 +408,60 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let payload_size = 1400; // about the size of a work message late in the chain
     let ceiling = broker_ceiling(&args.amqp, 10_000, payload_size).await?;
 
+    // 5. The synchronous twin on the same workloads, and both modes through an outage.
+    let comparison = match &args.sync_url {
+        Some(sync_url) => {
+            eprintln!("synchronous twin: full speed…");
+            let n = args.full_speed_count / 2;
+            let cpu_before = system_cpu_seconds();
+            let start = Instant::now();
+            let results: Vec<(bool, f64)> = stream::iter(0..n)
+                .map(|i| {
+                    let (http, url) = (http.clone(), sync_url.clone());
+                    async move { submit_sync(&http, &url, 1_000_000 + i).await }
+                })
+                .buffer_unordered(64)
+                .collect()
+                .await;
+            let ok = results.iter().filter(|r| r.0).count();
+            let sync_throughput = ok as f64 / start.elapsed().as_secs_f64();
+            let cpu_per_app_sync = (system_cpu_seconds() - cpu_before) * 1000.0 / n.max(1) as f64;
+            eprintln!("synchronous twin: 100/s for 20 s…");
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for i in 0..2000 {
+                tokio::time::sleep(Duration::from_secs_f64(f64::from(i) / 100.0).saturating_sub(start.elapsed())).await;
+                let (http, url) = (http.clone(), sync_url.clone());
+                tasks.push(tokio::spawn(async move { submit_sync(&http, &url, 2_000_000 + i as usize).await }));
+            }
+            let mut waits = Vec::new();
+            for t in tasks {
+                waits.push(t.await?.1);
+            }
+            let credit = args.pids.iter().find(|(n, _)| n == "level-credit").map(|(_, p)| *p);
+            let outages = match credit {
+                Some(pid) => {
+                    eprintln!("credit frozen for 10 s at 50/s: asynchronous…");
+                    let a = outage(&http, &args.url, false, pid, &finals, 3_000_000).await?;
+                    eprintln!("credit frozen for 10 s at 50/s: synchronous…");
+                    let s = outage(&http, sync_url, true, pid, &finals, 4_000_000).await?;
+                    Some((a, s))
+                }
+                None => None,
+            };
+            Some((sync_throughput, cpu_per_app_sync, waits, outages))
+        }
+        None => None,
+    };
+
     let memory: Vec<(String, Option<f64>)> = args.pids.iter().map(|(n, p)| (n.clone(), peak_rss_mib(*p))).collect();
     let lost = lost_full + lost_300 + lost_100;
 
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let (s50, s99) = (pct(&mut submit300, 0.50), pct(&mut submit300, 0.99));
     let (e50, e99) = (pct(&mut e2e100, 0.50), pct(&mut e2e100, 0.99));
+    let mut submit100: Vec<f64> = sent100.iter().map(|s| s.submit_ms).collect();
+    let submit_at_100 = (pct(&mut submit100, 0.50), pct(&mut submit100, 0.99));
     let mut table = String::new();
     table.push_str(&format!(
         "\n### {} — {}\n\n`make bench` on {}\n\n| measure | result | target | |\n|---|---|---|---|\n",
@@ -345,6 +496,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         row(&format!("peak resident memory: {name}"), shown, "≤ 64 MiB", m.is_some_and(|v| v <= 64.0));
     }
     row("applications lost or never final", lost.to_string(), "0", lost == 0);
+    if let Some((sync_throughput, cpu_sync, mut waits, outages)) = comparison {
+        let (w50, w99) = (pct(&mut waits, 0.50), pct(&mut waits, 0.99));
+        table.push_str(&format!(
+            "\n**Asynchronous chain versus its synchronous twin** (same rules, same ledger, same level processes)\n\n\
+             | measure | asynchronous | synchronous |\n|---|---|---|\n\
+             | throughput at full speed (64 clients) | {throughput:.0} finalised/s | {sync_throughput:.0} decided/s |\n\
+             | what the applicant waits for, at 100/s | p50 {s100:.1} ms, p99 {s100_99:.1} ms (a reference) | p50 {w50:.1} ms, p99 {w99:.1} ms (the final decision) |\n\
+             | time to the final decision, at 100/s | p50 {e50:.1} ms, p99 {e99:.1} ms | p50 {w50:.1} ms, p99 {w99:.1} ms |\n\
+             | CPU of broker, database and services per application | {cpu_async:.1} ms | {cpu_sync:.1} ms |\n",
+            s100 = submit_at_100.0,
+            s100_99 = submit_at_100.1,
+            cpu_async = cpu_per_app_async,
+        ));
+        if let Some((a, s)) = &outages {
+            let chart = comparison_svg(&[
+                ("finalised per second", throughput, sync_throughput),
+                ("final decision p50 at 100/s (ms)", e50, w50),
+                ("errors during a 10 s outage", a.errors as f64, s.errors as f64),
+                ("longest wait in the outage (ms)", a.max_wait_ms, s.max_wait_ms),
+            ]);
+            let path = args.results.with_file_name("bench-sync-vs-async.svg");
+            std::fs::write(&path, chart)?;
+            println!("chart: {}", path.display());
+            table.push_str(&format!(
+                "| credit level frozen 10 s, 50/s for 30 s: errors applicants saw | {} of {} | {} of {} |\n\
+                 | … longest an applicant waited for an answer | {:.0} ms | {:.0} ms |\n\
+                 | … applications lost or never final | {} | not accepted: {} |\n",
+                a.errors, a.sent, s.errors, s.sent, a.max_wait_ms, s.max_wait_ms, a.lost, s.errors
+            ));
+        }
+    }
     println!("{table}");
     let mut results = std::fs::read_to_string(&args.results).unwrap_or_else(|_| {
         "# Benchmark results\n\nEvery `make bench` run appends its table here, newest last, so regressions show.\n"
@@ -354,6 +536,43 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&args.results, results)?;
     println!("appended to {}", args.results.display());
     Ok(())
+}
+
+/// Small panels, one per measure, each with the asynchronous and the synchronous bar.
+fn comparison_svg(panels: &[(&str, f64, f64)]) -> String {
+    let (pw, ph, top) = (230.0, 230.0, 40.0);
+    let w = pw * panels.len() as f64;
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif"><rect width="100%" height="100%" fill="#fff"/><text x="12" y="22" font-size="15">Asynchronous chain (blue) versus synchronous twin (orange), same rules and machine</text>"##,
+        h = ph + top + 30.0
+    );
+    for (i, (title, a, s)) in panels.iter().enumerate() {
+        let x0 = pw * i as f64 + 20.0;
+        let max = a.max(*s).max(1e-9);
+        svg.push_str(&format!(r##"<text x="{x0}" y="{}" font-size="12">{title}</text>"##, top + 12.0));
+        for (j, (v, colour)) in [(*a, "#0b4f8a"), (*s, "#dd6b20")].iter().enumerate() {
+            let bh = v / max * (ph - 70.0);
+            let x = x0 + 30.0 + j as f64 * 80.0;
+            let y = top + ph - 20.0 - bh;
+            svg.push_str(&format!(
+                r##"<rect x="{x}" y="{y:.1}" width="60" height="{bh:.1}" fill="{colour}"/><text x="{}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"##,
+                x + 30.0,
+                y - 4.0,
+                if *v >= 100.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+            ));
+        }
+        svg.push_str(&format!(
+            r##"<line x1="{x0}" x2="{}" y1="{y}" y2="{y}" stroke="#333"/><text x="{}" y="{}" font-size="11" text-anchor="middle">async</text><text x="{}" y="{}" font-size="11" text-anchor="middle">sync</text>"##,
+            x0 + 190.0,
+            x0 + 60.0,
+            top + ph - 4.0,
+            x0 + 140.0,
+            top + ph - 4.0,
+            y = top + ph - 20.0
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 fn git_rev() -> String {

@@ -54,6 +54,9 @@ enum Command {
     Bench {
         #[arg(long, default_value = "http://127.0.0.1:18080")]
         url: String,
+        /// An intake running the synchronous twin, to compare against.
+        #[arg(long)]
+        sync_url: Option<String>,
         /// AMQP URI of the benchmark's vhost.
         #[arg(long)]
         amqp: String,
@@ -97,8 +100,8 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Simulate { scenario, url, bureau_url, reports } = &cli.command {
         return simulate(scenario, url, bureau_url, reports).await;
     }
-    if let Command::Bench { url, amqp, pids, results, full_speed_count } = cli.command {
-        let args = bench::Args { url, amqp, pids, results, full_speed_count };
+    if let Command::Bench { url, sync_url, amqp, pids, results, full_speed_count } = cli.command {
+        let args = bench::Args { url, sync_url, amqp, pids, results, full_speed_count };
         return bench::run(args).await;
     }
     let settings = Settings::load(&cli.config).context("loading configuration")?;

@@ -314,10 +314,11 @@ impl Level {
         match next {
             Some(slip) => {
                 work.slip = slip;
-                tokio::try_join!(
-                    broker::send_status(publisher, reference, event),
-                    broker::send_work(publisher, reference, work),
-                )?;
+                // The decision is announced (and confirmed) before the next step can
+                // start, so the status never shows a later step, or `approved`, ahead
+                // of the decision that allowed it.
+                broker::send_status(publisher, reference, event).await?;
+                broker::send_work(publisher, reference, work).await?;
             }
             None => broker::send_status(publisher, reference, event).await?,
         }

@@ -293,11 +293,14 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
             if options.progress && last_progress.elapsed() >= Duration::from_millis(500) {
                 last_progress = Instant::now();
                 let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let finished = s.tracked.iter().filter(|t| FINAL.contains(&t.status.as_str())).count();
                 eprintln!(
-                    "[{:>6.1}s] submitted {}/{} | {}",
+                    "[{:>6.1}s] {} final {}/{} | submitted {} | {}",
                     start.elapsed().as_secs_f64(),
-                    s.tracked.len(),
+                    bar(finished, scenario.arrivals.count),
+                    finished,
                     scenario.arrivals.count,
+                    s.tracked.len(),
                     summary.join(" · ")
                 );
             }
@@ -324,6 +327,12 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
     let report = summarise(scenario, &s, &timeline, elapsed);
     let failures = check(scenario, &report);
     Ok(Outcome { report, failures })
+}
+
+/// A 20-character progress bar: `[#########-----------]`.
+fn bar(done: usize, total: usize) -> String {
+    let filled = (done * 20).checked_div(total).unwrap_or(20).min(20);
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(20 - filled))
 }
 
 fn summarise(scenario: &Scenario, s: &State, timeline: &[(f64, BTreeMap<String, usize>)], elapsed: f64) -> Report {

@@ -7,18 +7,23 @@ use std::path::Path;
 
 use loanflow_testkit::{TestSystem, MANAGER_TOKEN};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_smoke_scenario_meets_its_expectations() {
-    let system = TestSystem::start().await;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let scenario = loanflow_simulate::Scenario::load(&root.join("examples/smoke.toml")).unwrap();
-    let options = loanflow_simulate::Options {
+/// The simulator pointed at a test system, with the test approver's token.
+fn options(system: &TestSystem, root: &Path) -> loanflow_simulate::Options {
+    loanflow_simulate::Options {
         url: system.base_url.clone(),
         bureau_url: system.bureau_url.clone(),
         report_dir: root.join("target/reports"),
         approver_token: Some(MANAGER_TOKEN.to_owned()),
         progress: false,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_scenario_meets_its_expectations() {
+    let system = TestSystem::start().await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let scenario = loanflow_simulate::Scenario::load(&root.join("examples/smoke.toml")).unwrap();
+    let options = options(&system, &root);
     let outcome = loanflow_simulate::run(&scenario, &options).await.unwrap();
     let report = &outcome.report;
     println!("{}", report.table());
@@ -56,13 +61,7 @@ async fn unmet_expectations_fail_the_run() {
     let mut scenario = loanflow_simulate::Scenario::load(&root.join("examples/smoke.toml")).unwrap();
     scenario.arrivals.count = 4;
     scenario.expect.min_approved = 5; // more than were sent: cannot hold
-    let options = loanflow_simulate::Options {
-        url: system.base_url.clone(),
-        bureau_url: system.bureau_url.clone(),
-        report_dir: root.join("target/reports"),
-        approver_token: Some(MANAGER_TOKEN.to_owned()),
-        progress: false,
-    };
+    let options = options(&system, &root);
     let outcome = loanflow_simulate::run(&scenario, &options).await.unwrap();
     assert!(outcome.failures.iter().any(|f| f.contains("at least 5 expected")), "{:?}", outcome.failures);
     system.shutdown().await;

@@ -163,6 +163,39 @@ pub struct StatusEvent {
 }
 
 impl StatusEvent {
+    /// The event announcing `decision`, the application's `decided`-th; it occurs
+    /// when the decision was made.
+    pub fn decided(decision: Decision, decided: usize, status: Status, current_level: Option<String>) -> StatusEvent {
+        StatusEvent {
+            seq: StatusEvent::decision_seq(decided),
+            status,
+            current_level,
+            occurred_at: decision.decided_at,
+            decision: Some(decision),
+            offer: None,
+            score: None,
+        }
+    }
+
+    /// Progress that follows `decided_so_far` decisions without adding one (waiting
+    /// for a person, booked, failed). The caller says when: this crate reads no clock.
+    pub fn progress(
+        decided_so_far: usize,
+        status: Status,
+        current_level: Option<String>,
+        occurred_at: DateTime<Utc>,
+    ) -> StatusEvent {
+        StatusEvent {
+            seq: StatusEvent::progress_seq(decided_so_far),
+            status,
+            current_level,
+            decision: None,
+            offer: None,
+            occurred_at,
+            score: None,
+        }
+    }
+
     pub fn decision_seq(decisions_including_this: usize) -> u32 {
         u32::try_from(decisions_including_this).unwrap_or(u32::MAX / 2).saturating_mul(2)
     }
@@ -240,6 +273,25 @@ mod tests {
         assert_eq!(slip.current(), Some(LEDGER_STEP));
         assert_eq!(slip.current_level(), None);
         assert_eq!(slip.advanced(), None);
+    }
+
+    #[test]
+    fn the_constructors_number_and_date_events_consistently() {
+        let at = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+        let decision = Decision {
+            level: "kyc".into(),
+            outcome: crate::status::Outcome::Approved,
+            reason: "ok".into(),
+            decided_by: crate::status::DecidedBy::Auto,
+            decided_at: at,
+        };
+        let decided = StatusEvent::decided(decision.clone(), 1, Status::InReview, Some("credit".into()));
+        assert_eq!((decided.seq, decided.occurred_at), (StatusEvent::decision_seq(1), at));
+        assert_eq!(decided.decision, Some(decision));
+        let later = at + chrono::Duration::seconds(1);
+        let waiting = StatusEvent::progress(1, Status::AwaitingApprover, Some("manager".into()), later);
+        assert_eq!((waiting.seq, waiting.occurred_at, waiting.decision), (StatusEvent::progress_seq(1), later, None));
+        assert!(decided.seq < waiting.seq, "progress after a decision orders after it");
     }
 
     #[test]

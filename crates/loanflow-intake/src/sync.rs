@@ -11,7 +11,6 @@ use actix_web::HttpResponse;
 use chrono::Utc;
 
 use loanflow_domain::messages::{StatusEvent, StepAnswer, StepOutcome};
-use loanflow_domain::rules::Offer;
 use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
 use loanflow_platform::db::blocking;
 use loanflow_platform::settings::SyncSettings;
@@ -38,14 +37,9 @@ async fn project(state: &AppState, reference: &Reference, event: StatusEvent) ->
     Ok(())
 }
 
-fn event(
-    seq: u32,
-    status: Status,
-    current_level: Option<String>,
-    decision: Option<Decision>,
-    offer: Option<Offer>,
-) -> StatusEvent {
-    StatusEvent { seq, status, current_level, decision, offer, occurred_at: Utc::now(), score: None }
+/// Progress after `decided` decisions, now.
+fn progress(decided: usize, status: Status, current_level: Option<String>) -> StatusEvent {
+    StatusEvent::progress(decided, status, current_level, Utc::now())
 }
 
 pub async fn submit(state: &AppState, chain: &SyncChain, value: &serde_json::Value) -> Result<HttpResponse, ApiError> {
@@ -63,12 +57,7 @@ pub async fn submit(state: &AppState, chain: &SyncChain, value: &serde_json::Val
         };
         let Some(answer) = answer else {
             // The applicant gets an error; the application is left failed.
-            project(
-                state,
-                &reference,
-                event(StatusEvent::progress_seq(decided), Status::Failed, Some(level.clone()), None, None),
-            )
-            .await?;
+            project(state, &reference, progress(decided, Status::Failed, Some(level.clone()))).await?;
             return Err(ApiError::StepUnavailable(level.clone()));
         };
         work = answer.work;
@@ -76,14 +65,7 @@ pub async fn submit(state: &AppState, chain: &SyncChain, value: &serde_json::Val
             StepOutcome::Approved => Outcome::Approved,
             StepOutcome::Rejected => Outcome::Rejected,
             StepOutcome::AwaitApprover => {
-                let waiting = event(
-                    StatusEvent::progress_seq(decided),
-                    Status::AwaitingApprover,
-                    Some(level.clone()),
-                    None,
-                    None,
-                );
-                project(state, &reference, waiting).await?;
+                project(state, &reference, progress(decided, Status::AwaitingApprover, Some(level.clone()))).await?;
                 return respond(state, reference).await;
             }
         };
@@ -95,16 +77,16 @@ pub async fn submit(state: &AppState, chain: &SyncChain, value: &serde_json::Val
             decided_at: Utc::now(),
         };
         work.decisions.push(decision.clone());
-        let seq = StatusEvent::decision_seq(work.decisions.len());
+        let decided = work.decisions.len();
         if outcome == Outcome::Rejected {
-            project(state, &reference, event(seq, Status::Rejected, None, Some(decision), None)).await?;
+            project(state, &reference, StatusEvent::decided(decision, decided, Status::Rejected, None)).await?;
             return respond(state, reference).await;
         }
         match work.slip.advanced() {
             Some(next) => {
                 let current = next.current_level().map(str::to_owned);
                 work.slip = next;
-                project(state, &reference, event(seq, Status::InReview, current, Some(decision), None)).await?;
+                project(state, &reference, StatusEvent::decided(decision, decided, Status::InReview, current)).await?;
             }
             None => return Err(ApiError::StepUnavailable("ledger".into())),
         }
@@ -115,10 +97,10 @@ pub async fn submit(state: &AppState, chain: &SyncChain, value: &serde_json::Val
     let booked =
         chain.http.post(format!("{}/api/loans/{reference}", chain.settings.ledger_url)).json(&work).send().await;
     if !booked.is_ok_and(|r| r.status().is_success()) {
-        project(state, &reference, event(StatusEvent::progress_seq(decided), Status::Failed, None, None, None)).await?;
+        project(state, &reference, progress(decided, Status::Failed, None)).await?;
         return Err(ApiError::StepUnavailable("ledger".into()));
     }
-    project(state, &reference, event(StatusEvent::progress_seq(decided), Status::Approved, None, None, offer)).await?;
+    project(state, &reference, StatusEvent { offer, ..progress(decided, Status::Approved, None) }).await?;
     respond(state, reference).await
 }
 

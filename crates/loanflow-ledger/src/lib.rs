@@ -81,13 +81,12 @@ async fn book(pool: PgPool, incoming: Incoming, publisher: Publisher) -> Disposi
         Err(e) => {
             tracing::warn!(error = %e, "loan not booked");
             if incoming.is_last_attempt() {
-                announce(&publisher, &reference, StatusEvent::progress_seq(decided), Status::Failed, None).await.ok();
+                announce(&publisher, &reference, decided, Status::Failed, None).await.ok();
             }
             return Disposition::Retry(e.to_string());
         }
     }
-    if let Err(e) = announce(&publisher, &reference, StatusEvent::progress_seq(decided), Status::Approved, offer).await
-    {
+    if let Err(e) = announce(&publisher, &reference, decided, Status::Approved, offer).await {
         tracing::warn!(error = %e, "booked, but the status was not confirmed");
         return Disposition::Requeue;
     }
@@ -100,12 +99,11 @@ async fn book(pool: PgPool, incoming: Incoming, publisher: Publisher) -> Disposi
 async fn announce(
     publisher: &Publisher,
     reference: &Reference,
-    seq: u32,
+    decided: usize,
     status: Status,
     offer: Option<loanflow_domain::rules::Offer>,
 ) -> Result<(), broker::BrokerError> {
-    let event =
-        StatusEvent { seq, status, current_level: None, decision: None, offer, occurred_at: Utc::now(), score: None };
+    let event = StatusEvent { offer, ..StatusEvent::progress(decided, status, None, Utc::now()) };
     broker::send_status(publisher, reference, event).await
 }
 

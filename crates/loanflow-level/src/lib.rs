@@ -209,15 +209,7 @@ impl Level {
     /// The retry budget is spent: the application becomes `failed` (its message goes
     /// to the dead-letter queue, from which it can be replayed).
     async fn announce_failure(&self, reference: &Reference, decided_so_far: usize, publisher: &Publisher) {
-        let event = StatusEvent {
-            seq: StatusEvent::progress_seq(decided_so_far),
-            status: Status::Failed,
-            current_level: Some(self.name.clone()),
-            decision: None,
-            offer: None,
-            occurred_at: Utc::now(),
-            score: None,
-        };
+        let event = StatusEvent::progress(decided_so_far, Status::Failed, Some(self.name.clone()), Utc::now());
         if let Err(e) = broker::send_status(publisher, reference, event).await {
             tracing::warn!(error = %e, "could not announce the failure");
         }
@@ -255,14 +247,10 @@ impl Level {
                         .map_err(DbError::from)
                 })
                 .await?;
+                let waiting = Status::AwaitingApprover;
                 let event = StatusEvent {
-                    seq: StatusEvent::progress_seq(work.decisions.len()),
-                    status: Status::AwaitingApprover,
-                    current_level: Some(self.name.clone()),
-                    decision: None,
-                    offer: None,
-                    occurred_at: now,
                     score: work.score,
+                    ..StatusEvent::progress(work.decisions.len(), waiting, Some(self.name.clone()), now)
                 };
                 broker::send_status(publisher, reference, event).await?;
                 tracing::info!(level = %self.name, "waiting for an approver");
@@ -296,21 +284,14 @@ impl Level {
         publisher: &Publisher,
     ) -> Result<(), StepError> {
         let outcome = decision.outcome;
-        let occurred_at = decision.decided_at;
         work.decisions.push(decision.clone());
         let next = match outcome {
             Outcome::Approved => work.slip.advanced(),
             Outcome::Rejected => None,
         };
-        let event = StatusEvent {
-            seq: StatusEvent::decision_seq(work.decisions.len()),
-            status: if next.is_some() { Status::InReview } else { Status::Rejected },
-            current_level: next.as_ref().and_then(|s| s.current_level().map(str::to_owned)),
-            decision: Some(decision),
-            offer: None,
-            occurred_at,
-            score: None,
-        };
+        let status = if next.is_some() { Status::InReview } else { Status::Rejected };
+        let current_level = next.as_ref().and_then(|s| s.current_level().map(str::to_owned));
+        let event = StatusEvent::decided(decision, work.decisions.len(), status, current_level);
         match next {
             Some(slip) => {
                 work.slip = slip;

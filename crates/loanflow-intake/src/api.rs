@@ -106,12 +106,16 @@ pub(crate) async fn accept(
 /// The optional `Idempotency-Key`: 1 to 128 printable ASCII characters.
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(value) = req.headers().get("idempotency-key") else { return Ok(None) };
-    let bytes = value.as_bytes();
-    if (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
-        Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+    if valid_idempotency_key(value.as_bytes()) {
+        Ok(Some(String::from_utf8_lossy(value.as_bytes()).into_owned()))
     } else {
         Err(ApiError::InvalidIdempotencyKey)
     }
+}
+
+/// The contract's idempotency key: 1 to 128 printable ASCII characters.
+pub(crate) fn valid_idempotency_key(key: &[u8]) -> bool {
+    (1..=128).contains(&key.len()) && key.iter().all(|b| (0x20..=0x7e).contains(b))
 }
 
 /// Reads a JSON object body under the contract's rules: `application/json` (415),

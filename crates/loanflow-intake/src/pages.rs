@@ -302,7 +302,7 @@ async fn submit_form(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let form = form.into_inner();
-    let key = form.get("idempotency_key").filter(|k| (1..=128).contains(&k.len())).cloned();
+    let key = form.get("idempotency_key").filter(|k| crate::api::valid_idempotency_key(k.as_bytes())).cloned();
     match crate::api::accept(&state, &form_to_json(&form), key.clone()).await {
         Ok(reference) => Ok(HttpResponse::SeeOther()
             .insert_header((header::LOCATION, format!("/loans/{reference}?submitted=1")))

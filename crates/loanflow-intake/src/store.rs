@@ -1,6 +1,8 @@
 //! The intake's tables: applications, their decisions (the status projection) and
 //! the outbox. Every function runs on a connection lent by [`loanflow_platform::db::blocking`].
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bytea, Int8, Text, Uuid as SqlUuid};
@@ -180,23 +182,8 @@ pub fn load_status(conn: &mut PgConnection, reference: &Reference) -> Result<Opt
     let Some((status, current_level, offer, submitted_at, updated_at)) = row else {
         return Ok(None);
     };
-    let rows: Vec<DecisionRow> = decisions::table
-        .filter(decisions::reference.eq(reference.as_str()))
-        .order(decisions::seq.asc())
-        .select((decisions::level, decisions::outcome, decisions::reason, decisions::decided_by, decisions::decided_at))
-        .load(conn)?;
-    let decisions = rows
-        .into_iter()
-        .filter_map(|(level, outcome, reason, decided_by, decided_at)| {
-            Some(Decision {
-                level,
-                outcome: loanflow_domain::Outcome::parse(&outcome)?,
-                reason,
-                decided_by: decided_by.try_into().ok()?,
-                decided_at,
-            })
-        })
-        .collect();
+    let decisions =
+        decisions_of(conn, &[reference.as_str().to_owned()])?.remove(reference.as_str()).unwrap_or_default();
     Ok(Some(StatusView {
         // The CHECK constraint keeps the column to known statuses.
         status: Status::parse(&status).unwrap_or(Status::Failed),
@@ -305,21 +292,41 @@ pub fn waiting_at(conn: &mut PgConnection, levels: &[String]) -> Result<Vec<Wait
             applications::updated_at,
         ))
         .load(conn)?;
-    let mut waiting = Vec::with_capacity(rows.len());
-    for (reference, level, application, score, waiting_since) in rows {
-        let decisions = load_status(conn, &Reference::parse(&reference).map_err(|_| diesel::result::Error::NotFound)?)?
-            .map(|v| v.decisions)
-            .unwrap_or_default();
-        waiting.push(Waiting {
+    let references: Vec<String> = rows.iter().map(|row| row.0.clone()).collect();
+    let mut decisions = decisions_of(conn, &references)?;
+    Ok(rows
+        .into_iter()
+        .map(|(reference, level, application, score, waiting_since)| Waiting {
+            decisions: decisions.remove(&reference).unwrap_or_default(),
             reference,
             level: level.unwrap_or_default(),
             application,
             score,
             waiting_since,
-            decisions,
-        });
+        })
+        .collect())
+}
+
+/// The decisions of each of `references`, in chain order: one query for all.
+fn decisions_of(conn: &mut PgConnection, references: &[String]) -> Result<HashMap<String, Vec<Decision>>, DbError> {
+    let rows: Vec<(String, DecisionRow)> = decisions::table
+        .filter(decisions::reference.eq_any(references))
+        .order((decisions::reference.asc(), decisions::seq.asc()))
+        .select((
+            decisions::reference,
+            (decisions::level, decisions::outcome, decisions::reason, decisions::decided_by, decisions::decided_at),
+        ))
+        .load(conn)?;
+    let mut by_reference: HashMap<String, Vec<Decision>> = HashMap::new();
+    for (reference, (level, outcome, reason, decided_by, decided_at)) in rows {
+        // `outcome` has a CHECK constraint and `decided_by` is only written from a
+        // `DecidedBy`, so both parse; a row that did not would be skipped, not shown.
+        let (Some(outcome), Ok(decided_by)) = (loanflow_domain::Outcome::parse(&outcome), decided_by.try_into()) else {
+            continue;
+        };
+        by_reference.entry(reference).or_default().push(Decision { level, outcome, reason, decided_by, decided_at });
     }
-    Ok(waiting)
+    Ok(by_reference)
 }
 
 /// Hands a person's decision to the level, once: only an application waiting at

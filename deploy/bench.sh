@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # `make bench`: starts the system as `make run` does (release build, one process per
 # service, so each one's memory can be measured), in a vhost and schemas of its own
-# (it never touches a running `make run`), runs the benchmark client, and stops it.
+# (it never touches a running `make run`), and beside it the synchronous twin in
+# processes of its own (`loanflow twin …`, behind a secret made for this run); runs the
+# benchmark client (`loanflow-bench`), and stops them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOANFLOW_SKIP_BROWSER=1 deploy/prepare.sh
-cargo build --release --bin loanflow
+cargo build --release --bin loanflow --bin loanflow-bench
 BIN=target/release/loanflow
 VHOST=loanflow-bench
 API=http://127.0.0.1:15672/api
@@ -16,7 +18,7 @@ curl -fsS -u $AUTH -X PUT "$API/vhosts/$VHOST" >/dev/null
 curl -fsS -u $AUTH -X PUT -H 'content-type: application/json' \
   -d '{"configure":".*","write":".*","read":".*"}' "$API/permissions/$VHOST/guest" >/dev/null
 psql -h 127.0.0.1 -U root -d loanflow -qc \
-  "DROP SCHEMA IF EXISTS bench_intake, bench_sync_intake, bench_ledger, bench_level_kyc, bench_level_credit, bench_level_underwriting, bench_level_manager CASCADE" >/dev/null
+  "DROP SCHEMA IF EXISTS bench_intake, bench_twin_intake, bench_twin_ledger, bench_ledger, bench_level_kyc, bench_level_credit, bench_level_underwriting, bench_level_manager CASCADE" >/dev/null
 
 export LOANFLOW_CONFIG_DIR=/nonexistent
 export LOANFLOW__BROKER__URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
@@ -55,15 +57,22 @@ for level in kyc credit underwriting manager; do
   port=$((port + 1))
 done
 start intake intake
-# The synchronous twin: a second intake calling the same level processes over HTTP.
-LOANFLOW__INTAKE__LISTEN=127.0.0.1:18081 LOANFLOW__INTAKE__DATABASE__SCHEMA=bench_sync_intake \
-LOANFLOW__INTAKE__SYNC__ENABLED=true LOANFLOW__INTAKE__SYNC__LEDGER_URL=http://127.0.0.1:18110 \
-LOANFLOW__INTAKE__SYNC__LEVEL_URLS__KYC=http://127.0.0.1:18101 \
-LOANFLOW__INTAKE__SYNC__LEVEL_URLS__CREDIT=http://127.0.0.1:18102 \
-LOANFLOW__INTAKE__SYNC__LEVEL_URLS__UNDERWRITING=http://127.0.0.1:18103 \
-LOANFLOW__INTAKE__SYNC__LEVEL_URLS__MANAGER=http://127.0.0.1:18104 \
-  start intake-sync intake
+# The synchronous twin, in processes of its own: twin levels and a twin ledger (its own
+# schema) answering over HTTP, and a twin intake calling them in turn.
+LOANFLOW__TWIN__SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export LOANFLOW__TWIN__SECRET
+export LOANFLOW__TWIN__LEDGER_URL=http://127.0.0.1:18210
+port=18201
+for level in kyc credit underwriting manager; do
+  LOANFLOW__TWIN__LISTEN=127.0.0.1:$port start "twin-level-$level" twin level $level
+  export "LOANFLOW__TWIN__LEVEL_URLS__${level^^}=http://127.0.0.1:$port"
+  port=$((port + 1))
+done
+LOANFLOW__TWIN__LISTEN=127.0.0.1:18210 LOANFLOW__LEDGER__DATABASE__SCHEMA=bench_twin_ledger \
+  start twin-ledger twin ledger
+LOANFLOW__INTAKE__LISTEN=127.0.0.1:18081 LOANFLOW__INTAKE__DATABASE__SCHEMA=bench_twin_intake \
+  start twin-intake twin intake
 wait_ready http://127.0.0.1:18080
 wait_ready http://127.0.0.1:18081
 
-$BIN bench --url http://127.0.0.1:18080 --sync-url http://127.0.0.1:18081 --amqp "$LOANFLOW__BROKER__URL" "${args[@]}" "$@"
+target/release/loanflow-bench --url http://127.0.0.1:18080 --sync-url http://127.0.0.1:18081 --amqp "$LOANFLOW__BROKER__URL" "${args[@]}" "$@"

@@ -3,10 +3,9 @@
 //! identities score their digits; others a stable hash). A configurable latency
 //! simulates a slow bureau.
 
-use std::net::TcpListener;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use loanflow_domain::application::NationalId;
 use loanflow_domain::rules::bureau_score;
+use loanflow_platform::http::{self, bearer_matches};
+use loanflow_platform::secret::Secret;
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
@@ -35,14 +36,15 @@ struct ErrorBody {
     message: &'static str,
 }
 
-/// Faults a simulation can switch on at run time (`PUT /admin/faults`): extra latency
-/// and a full outage. This is a simulator's control, for loopback use; a real bureau
-/// has none.
+/// Faults a simulation can switch on at run time (`PUT /admin/faults`, with the
+/// operator token): extra latency and a full outage. A simulator's control; a real
+/// bureau has none.
 #[derive(Debug, Default)]
 struct Faults {
     base_latency_ms: u64,
     extra_latency_ms: AtomicU64,
     down: AtomicBool,
+    operator: Secret,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,14 +55,33 @@ pub struct FaultsBody {
     pub down: bool,
 }
 
-async fn get_faults(faults: web::Data<Faults>) -> HttpResponse {
+/// The fault switch is the operator's: `None` for the operator; anyone else gets a 401
+/// to answer, and the attempt is logged as a security event (never the token itself).
+fn refusal_unless_operator(req: &HttpRequest, operator: &Secret) -> Option<HttpResponse> {
+    if bearer_matches(req, operator) {
+        return None;
+    }
+    tracing::warn!(security_event = "operator_auth_failed", path = %req.path(), "fault switch refused: no operator token");
+    Some(HttpResponse::Unauthorized().json(ErrorBody {
+        error: "unauthorized",
+        message: "the operator token is required (Authorization: Bearer <token>)",
+    }))
+}
+
+async fn get_faults(req: HttpRequest, faults: web::Data<Faults>) -> HttpResponse {
+    if let Some(refused) = refusal_unless_operator(&req, &faults.operator) {
+        return refused;
+    }
     HttpResponse::Ok().json(FaultsBody {
         latency_ms: faults.extra_latency_ms.load(Ordering::Relaxed),
         down: faults.down.load(Ordering::Relaxed),
     })
 }
 
-async fn set_faults(body: web::Json<FaultsBody>, faults: web::Data<Faults>) -> HttpResponse {
+async fn set_faults(req: HttpRequest, body: web::Json<FaultsBody>, faults: web::Data<Faults>) -> HttpResponse {
+    if let Some(refused) = refusal_unless_operator(&req, &faults.operator) {
+        return refused;
+    }
     faults.extra_latency_ms.store(body.latency_ms, Ordering::Relaxed);
     faults.down.store(body.down, Ordering::Relaxed);
     tracing::info!(latency_ms = body.latency_ms, down = body.down, "bureau faults set");
@@ -86,35 +107,20 @@ async fn score(path: web::Path<String>, faults: web::Data<Faults>) -> HttpRespon
 
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
     let listen = settings.bureau.listen.clone();
-    let bind_error = |e| StartError::Bind(listen.clone(), e);
-    let listener = TcpListener::bind(&listen).map_err(bind_error)?;
-    let addr = listener.local_addr().map_err(bind_error)?;
-    let faults = web::Data::new(Faults { base_latency_ms: settings.bureau.latency_ms, ..Faults::default() });
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(faults.clone())
+    let faults = web::Data::new(Faults {
+        base_latency_ms: settings.bureau.latency_ms,
+        operator: settings.bureau.operator_token.clone(),
+        ..Faults::default()
+    });
+    let routes = move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(faults.clone())
             .route("/api/scores/{national_id}", web::get().to(score))
             .route("/admin/faults", web::get().to(get_faults))
-            .route("/admin/faults", web::put().to(set_faults))
-    })
-    .workers(settings.bureau.workers.max(1))
-    .disable_signals()
-    // Requests in progress get this long to finish when the service stops.
-    .shutdown_timeout(10)
-    .listen(listener)
-    .map_err(bind_error)?
-    .run();
+            .route("/admin/faults", web::put().to(set_faults));
+    };
     let tasks = TaskTracker::new();
-    let handle = server.handle();
-    tasks.spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "bureau HTTP server failed");
-        }
-    });
-    tasks.spawn(async move {
-        shutdown.cancelled().await;
-        handle.stop(true).await;
-    });
+    let addr = http::serve(&listen, settings.bureau.workers, routes, shutdown, &tasks)
+        .map_err(|e| StartError::Bind(listen.clone(), e))?;
     tracing::info!(%addr, "bureau listening");
     Ok(Running::new(Some(addr), tasks))
 }

@@ -4,12 +4,16 @@
 
 use std::time::{Duration, Instant};
 
+use loanflow_platform::secret::Secret;
 use loanflow_platform::{CancellationToken, Settings};
+
+const OPERATOR: &str = "test-operator-token";
 
 async fn bureau(latency_ms: u64) -> (String, CancellationToken) {
     let mut settings = Settings::defaults().unwrap();
     settings.bureau.listen = "127.0.0.1:0".into();
     settings.bureau.latency_ms = latency_ms;
+    settings.bureau.operator_token = Secret::new(OPERATOR);
     let stop = CancellationToken::new();
     let running = loanflow_bureau::start(settings, stop.clone()).await.unwrap();
     (format!("http://{}", running.addr.unwrap()), stop)
@@ -46,10 +50,35 @@ async fn configured_latency_delays_every_answer() {
 async fn a_simulated_outage_can_be_switched_on_and_off() {
     let (base, stop) = bureau(0).await;
     let client = reqwest::Client::new();
-    let set = |down: bool| client.put(format!("{base}/admin/faults")).json(&serde_json::json!({"down": down})).send();
+    let set = |down: bool| {
+        client.put(format!("{base}/admin/faults")).bearer_auth(OPERATOR).json(&serde_json::json!({"down": down})).send()
+    };
     assert_eq!(set(true).await.unwrap().status(), 200);
     assert_eq!(reqwest::get(format!("{base}/api/scores/SBX720")).await.unwrap().status(), 503);
     assert_eq!(set(false).await.unwrap().status(), 200);
     assert_eq!(get(format!("{base}/api/scores/SBX720")).await, (200, serde_json::json!({"score": 720})));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_fault_switch_is_the_operators_alone() {
+    let (base, stop) = bureau(0).await;
+    let client = reqwest::Client::new();
+    let down = serde_json::json!({"down": true});
+    let url = format!("{base}/admin/faults");
+    for refused in [
+        client.put(&url).json(&down),
+        client.put(&url).bearer_auth("sandbox-operator-token").json(&down),
+        client.put(&url).bearer_auth("").json(&down),
+        client.put(&url).basic_auth("ops", Some(OPERATOR)).json(&down),
+        client.get(&url),
+    ] {
+        let response = refused.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.json::<serde_json::Value>().await.unwrap()["error"], "unauthorized");
+    }
+    assert_eq!(get(format!("{base}/api/scores/SBX720")).await.0, 200, "no refused call switched the outage on");
+    assert_eq!(client.put(&url).bearer_auth(OPERATOR).json(&down).send().await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{base}/api/scores/SBX720")).await.unwrap().status(), 503);
     stop.cancel();
 }

@@ -52,6 +52,15 @@ pub enum Currency {
     USD,
 }
 
+impl Currency {
+    /// The ISO 4217 code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Currency::USD => "USD",
+        }
+    }
+}
+
 /// A national identity number: 6 to 20 characters of `A-Z` and `0-9`.
 ///
 /// Personal data: its `Debug` output is redacted so it cannot reach a log by accident.

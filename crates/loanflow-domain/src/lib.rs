@@ -7,6 +7,7 @@
 //! callers pass "today" and random bytes in, which keeps every rule unit-testable.
 
 pub mod application;
+pub mod booking;
 pub mod messages;
 pub mod money;
 pub mod reference;

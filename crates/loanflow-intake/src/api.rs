@@ -18,6 +18,7 @@ use loanflow_domain::rules::Offer;
 use loanflow_domain::{Application, Decision, Reference, Status};
 use loanflow_platform::broker::WORK_EXCHANGE;
 use loanflow_platform::db::{blocking, PgPool};
+use loanflow_platform::Settings;
 
 use crate::error::ApiError;
 use crate::store::{self, OutboxMessage, Recorded, Submission};
@@ -33,7 +34,19 @@ pub struct AppState {
     pub relay_wake: Arc<Notify>,
     pub approvers: crate::approvals::Approvers,
     /// Set when this intake runs the synchronous twin instead of the chain.
-    pub sync: Option<Arc<crate::sync::SyncChain>>,
+    pub twin: Option<Arc<crate::twin::TwinChain>>,
+}
+
+impl AppState {
+    pub(crate) fn new(pool: PgPool, settings: &Settings, twin: Option<crate::twin::TwinChain>) -> AppState {
+        AppState {
+            pool,
+            chain: Arc::new(settings.chain.levels.clone()),
+            relay_wake: Arc::new(Notify::new()),
+            approvers: Arc::new(settings.intake.approvers.clone()),
+            twin: twin.map(Arc::new),
+        }
+    }
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -50,8 +63,8 @@ struct Accepted<'a> {
 async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let idempotency_key = idempotency_key(&req)?;
     let value = read_json_object(&req, payload).await?;
-    if let Some(chain) = &state.sync {
-        return crate::sync::submit(&state, chain, &value).await;
+    if let Some(chain) = &state.twin {
+        return crate::twin::submit(&state, chain, &value).await;
     }
     let reference = accept(&state, &value, idempotency_key).await?;
     let status_url = format!("/api/loans/{reference}");

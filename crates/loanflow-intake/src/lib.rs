@@ -11,20 +11,19 @@ mod projection;
 mod relay;
 mod schema;
 pub mod store;
-mod sync;
+pub mod twin;
 
 use std::net::TcpListener;
-use std::sync::Arc;
 
 use actix_web::{web, App, HttpServer};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use loanflow_platform::broker::{self, STATUS_QUEUE};
 use loanflow_platform::db::{self, DbError};
 use loanflow_platform::health::{self, Health};
+use loanflow_platform::http;
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
@@ -38,31 +37,43 @@ pub enum StartError {
     Database(#[from] DbError),
     #[error("HTTP client: {0}")]
     Client(reqwest::Error),
+    #[error("the synchronous twin needs twin.secret to be set")]
+    NoTwinSecret,
 }
 
 /// Migrates, binds and starts every task of the intake. Returns once it is serving.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
     let pool = db::migrated_pool(&settings.intake.database, MIGRATIONS).await?;
-
-    let listener =
-        TcpListener::bind(&settings.intake.listen).map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?;
-    let addr = listener.local_addr().map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?;
-    let state = api::AppState {
-        pool: pool.clone(),
-        chain: Arc::new(settings.chain.levels.clone()),
-        relay_wake: Arc::new(Notify::new()),
-        approvers: Arc::new(settings.intake.approvers.clone()),
-        sync: match settings.intake.sync.enabled {
-            true => Some(Arc::new(sync::SyncChain::new(settings.intake.sync.clone()).map_err(StartError::Client)?)),
-            false => None,
-        },
-    };
-    let synchronous = state.sync.is_some();
-    let relay_wake = state.relay_wake.clone();
-    let data = web::Data::new(state);
     let health = Health::default();
     let relay_health = health.part("outbox-relay");
     let projection_health = health.part("status-consumer");
+    let state = api::AppState::new(pool.clone(), &settings, None);
+    let relay_wake = state.relay_wake.clone();
+    let (addr, tasks) = serve(&settings, state, health, &shutdown)?;
+    tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, relay_health, shutdown.clone()));
+    tasks.spawn(broker::consume(
+        settings,
+        STATUS_QUEUE.to_owned(),
+        projection_health,
+        shutdown,
+        move |incoming, _publisher| projection::handle(pool.clone(), incoming),
+    ));
+    tracing::info!(%addr, "intake listening");
+    Ok(Running::new(Some(addr), tasks))
+}
+
+/// The public API, pages and health on `intake.listen`, stopped gracefully (requests in
+/// progress finish, so their outbox rows are committed) when `shutdown` fires.
+fn serve(
+    settings: &Settings,
+    state: api::AppState,
+    health: Health,
+    shutdown: &CancellationToken,
+) -> Result<(std::net::SocketAddr, TaskTracker), StartError> {
+    let listen = &settings.intake.listen;
+    let listener = TcpListener::bind(listen).map_err(|e| StartError::Bind(listen.clone(), e))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Bind(listen.clone(), e))?;
+    let data = web::Data::new(state);
     let health_data = web::Data::new(health);
     let server = HttpServer::new(move || {
         App::new()
@@ -87,10 +98,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     .workers(settings.intake.workers.max(1))
     // Signals are handled once, by the process, through the shutdown token.
     .disable_signals()
-    // Requests in progress get this long to finish when the service stops.
-    .shutdown_timeout(10)
+    .shutdown_timeout(http::SHUTDOWN_GRACE.as_secs())
     .listen(listener)
-    .map_err(|e| StartError::Bind(settings.intake.listen.clone(), e))?
+    .map_err(|e| StartError::Bind(listen.clone(), e))?
     .run();
 
     let tasks = TaskTracker::new();
@@ -103,24 +113,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     let stop = shutdown.clone();
     tasks.spawn(async move {
         stop.cancelled().await;
-        // Graceful: requests in progress finish; their outbox rows are committed.
         handle.stop(true).await;
     });
-    if synchronous {
-        // The synchronous twin uses no broker.
-        relay_health.set(true);
-        projection_health.set(true);
-        tracing::info!(%addr, "intake listening (synchronous twin: levels are called over HTTP)");
-        return Ok(Running::new(Some(addr), tasks));
-    }
-    tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, relay_health, shutdown.clone()));
-    tasks.spawn(broker::consume(
-        settings,
-        STATUS_QUEUE.to_owned(),
-        projection_health,
-        shutdown,
-        move |incoming, _publisher| projection::handle(pool.clone(), incoming),
-    ));
-    tracing::info!(%addr, "intake listening");
-    Ok(Running::new(Some(addr), tasks))
+    Ok((addr, tasks))
 }

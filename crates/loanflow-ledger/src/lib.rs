@@ -1,8 +1,13 @@
 //! The ledger: the last step of every chain. It books each approved loan (terms,
 //! offer, the decisions that approved it) in its own tables, exactly once however
 //! often the message arrives, and only then announces the status `approved`.
+//!
+//! It books only what the chain approved: the offer is re-derived from the rules and
+//! the application's amount, term and score ([`loanflow_domain::booking`]), and a
+//! reference already booked with other terms is refused, never silently kept.
 
 mod schema;
+pub mod twin;
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -10,9 +15,10 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use actix_web::{web, HttpResponse};
+use loanflow_domain::booking::bookable;
 use loanflow_domain::messages::{Envelope, StatusEvent, WorkItem, WorkMessage, LEDGER_STEP};
-use loanflow_domain::{Outcome, Reference, Status};
+use loanflow_domain::rules::{Offer, UnderwritingPolicy};
+use loanflow_domain::{Reference, Status};
 use loanflow_platform::broker::{self, step_queue, Disposition, Incoming, Publisher};
 use loanflow_platform::db::{self, blocking, inbox, DbError, PgPool};
 use loanflow_platform::health::{self, Health};
@@ -25,8 +31,10 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../schema/ledge
 pub enum StartError {
     #[error("ledger database: {0}")]
     Database(#[from] DbError),
-    #[error("cannot serve health on {0}: {1}")]
-    Health(String, std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error("the synchronous twin needs twin.secret to be set")]
+    NoTwinSecret,
 }
 
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
@@ -35,20 +43,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     let health = Health::default();
     let consuming = health.part("broker");
     let listen = settings.ledger.health_listen.clone();
-    let for_http = pool.clone();
-    let booking = move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(web::Data::new(for_http.clone())).route("/api/loans/{reference}", web::post().to(book_http));
-    };
-    let addr =
-        health::serve(&listen, health, booking, shutdown.clone(), &tasks).map_err(|e| StartError::Health(listen, e))?;
+    let addr = health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Listen(listen, e))?;
+    let policy = settings.levels.underwriting.clone();
     tasks.spawn(broker::consume(settings, step_queue(LEDGER_STEP), consuming, shutdown, move |incoming, publisher| {
-        book(pool.clone(), incoming, publisher)
+        book(pool.clone(), policy.clone(), incoming, publisher)
     }));
     tracing::info!(health = %addr, "ledger started");
     Ok(Running::new(Some(addr), tasks))
 }
 
-async fn book(pool: PgPool, incoming: Incoming, publisher: Publisher) -> Disposition {
+async fn book(pool: PgPool, policy: UnderwritingPolicy, incoming: Incoming, publisher: Publisher) -> Disposition {
     let envelope = match Envelope::<WorkMessage>::decode(&incoming.data) {
         Ok(e) => e,
         Err(e) => return Disposition::DeadLetter(e.to_string()),
@@ -57,7 +61,8 @@ async fn book(pool: PgPool, incoming: Incoming, publisher: Publisher) -> Disposi
     let WorkMessage::V1(work) = envelope.body else {
         return Disposition::DeadLetter("an approver's decision reached the ledger".into());
     };
-    if let Err(why) = bookable(&work) {
+    if let Err(why) = bookable(&work, &policy) {
+        tracing::warn!(security_event = "booking_refused", %why, "loan not booked");
         return Disposition::DeadLetter(why);
     }
     let decided = work.decisions.len();
@@ -75,9 +80,16 @@ async fn book(pool: PgPool, incoming: Incoming, publisher: Publisher) -> Disposi
             tracing::info!("duplicate delivery ignored");
             return Disposition::Ack;
         }
-        Ok(Some(true)) => tracing::info!("loan booked"),
+        Ok(Some(Booking::New)) => tracing::info!("loan booked"),
         // Booked by an earlier delivery that stopped before announcing it.
-        Ok(Some(false)) => tracing::info!("loan was already booked; announcing it"),
+        Ok(Some(Booking::AlreadyBooked)) => tracing::info!("loan was already booked; announcing it"),
+        Ok(Some(Booking::Conflict)) => {
+            tracing::warn!(
+                security_event = "booking_refused",
+                "a loan with other terms is booked under this reference"
+            );
+            return Disposition::DeadLetter("a loan with other terms is already booked under this reference".into());
+        }
         Err(e) => {
             tracing::warn!(error = %e, "loan not booked");
             if incoming.is_last_attempt() {
@@ -101,54 +113,32 @@ async fn announce(
     reference: &Reference,
     decided: usize,
     status: Status,
-    offer: Option<loanflow_domain::rules::Offer>,
+    offer: Option<Offer>,
 ) -> Result<(), broker::BrokerError> {
     let event = StatusEvent { offer, ..StatusEvent::progress(decided, status, None, Utc::now()) };
     broker::send_status(publisher, reference, event).await
 }
 
-/// The synchronous twin's booking: the same checks and the same single insert as
-/// the queue consumer, answered over HTTP.
-async fn book_http(path: web::Path<String>, body: web::Json<WorkItem>, pool: web::Data<PgPool>) -> HttpResponse {
-    let work = body.into_inner();
-    let Ok(reference) = Reference::parse(&path) else {
-        return HttpResponse::NotFound()
-            .json(serde_json::json!({"error": "not_found", "message": "not a loan reference"}));
-    };
-    if let Err(why) = bookable(&work) {
-        return HttpResponse::UnprocessableEntity().json(serde_json::json!({"error": "not_bookable", "message": why}));
-    }
-    match blocking(&pool, move |conn| insert_loan(conn, &reference, &work)).await {
-        Ok(inserted) => HttpResponse::Ok().json(serde_json::json!({"booked": true, "first_time": inserted})),
-        Err(e) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"error": "unavailable", "message": e.to_string()})),
-    }
+/// What an insert of a checked loan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Booking {
+    New,
+    /// The same loan was booked before (a redelivery).
+    AlreadyBooked,
+    /// Another loan is booked under this reference: refused.
+    Conflict,
 }
 
-/// Only a loan every level approved, with an offer, at the ledger step, is booked.
-fn bookable(work: &WorkItem) -> Result<(), String> {
-    if work.slip.current() != Some(LEDGER_STEP) {
-        return Err(format!("message for step {:?} reached the ledger", work.slip.current()));
-    }
-    if work.decisions.is_empty() || work.decisions.iter().any(|d| d.outcome != Outcome::Approved) {
-        return Err("only an application every level approved can be booked".into());
-    }
-    if work.offer.is_none() {
-        return Err("an approved application reached the ledger without an offer".into());
-    }
-    Ok(())
-}
-
-/// Inserts the loan once; `false` if it was already booked (a redelivery).
-fn insert_loan(conn: &mut PgConnection, reference: &Reference, work: &WorkItem) -> Result<bool, DbError> {
+/// Inserts the loan of a work item that [`bookable`] accepted, once.
+pub(crate) fn insert_loan(conn: &mut PgConnection, reference: &Reference, work: &WorkItem) -> Result<Booking, DbError> {
     use schema::loans;
-    let Some(offer) = &work.offer else { return Ok(false) };
-    let decisions = serde_json::to_value(&work.decisions).unwrap_or_default();
+    let Some(offer) = &work.offer else { return Ok(Booking::Conflict) };
+    let decisions = serde_json::to_value(&work.decisions).map_err(|e| DbError::Encode(e.to_string()))?;
     let inserted = diesel::insert_into(loans::table)
         .values((
             loans::reference.eq(reference.as_str()),
             loans::amount.eq(offer.amount.as_decimal()),
-            loans::currency.eq("USD"),
+            loans::currency.eq(work.application.currency.code()),
             loans::annual_rate.eq(offer.annual_rate),
             loans::term_months.eq(i32::from(offer.term_months)),
             loans::monthly_payment.eq(offer.monthly_payment.as_decimal()),
@@ -157,5 +147,19 @@ fn insert_loan(conn: &mut PgConnection, reference: &Reference, work: &WorkItem) 
         ))
         .on_conflict_do_nothing()
         .execute(conn)?;
-    Ok(inserted == 1)
+    if inserted == 1 {
+        return Ok(Booking::New);
+    }
+    let booked: (rust_decimal::Decimal, rust_decimal::Decimal, i32, rust_decimal::Decimal) = loans::table
+        .find(reference.as_str())
+        .select((loans::amount, loans::annual_rate, loans::term_months, loans::monthly_payment))
+        .first(conn)?;
+    let same = booked
+        == (
+            offer.amount.as_decimal(),
+            offer.annual_rate,
+            i32::from(offer.term_months),
+            offer.monthly_payment.as_decimal(),
+        );
+    Ok(if same { Booking::AlreadyBooked } else { Booking::Conflict })
 }

@@ -7,6 +7,7 @@
 //! its queue and the broker gives each delivery to one of them.
 
 mod schema;
+pub mod twin;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,15 +19,13 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use actix_web::{web, HttpResponse};
-use loanflow_domain::messages::{
-    ApproverDecision, Envelope, StatusEvent, StepAnswer, StepOutcome, WorkItem, WorkMessage,
-};
+use loanflow_domain::messages::{ApproverDecision, Envelope, StatusEvent, WorkItem, WorkMessage};
 use loanflow_domain::rules::{self, LevelKind, ManagerVerdict, Verdict};
 use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
 use loanflow_platform::broker::{self, step_queue, BrokerError, Disposition, Incoming, Publisher};
 use loanflow_platform::db::{self, blocking, inbox, DbError, PgPool};
 use loanflow_platform::health::{self, Health};
+use loanflow_platform::settings::LevelsSettings;
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
@@ -40,8 +39,10 @@ pub enum StartError {
     Database(#[from] DbError),
     #[error("bureau client: {0}")]
     Client(#[from] reqwest::Error),
-    #[error("cannot serve health on {0}: {1}")]
-    Health(String, std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error("the synchronous twin needs twin.secret to be set")]
+    NoTwinSecret,
 }
 
 /// Counts what this process did; tests read it to see that work was shared.
@@ -56,11 +57,17 @@ struct Level {
     /// arrives while it is still in progress.
     in_flight: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     name: String,
-    kind: LevelKind,
-    settings: Settings,
+    rule: Rule,
     pool: PgPool,
-    bureau: reqwest::Client,
     stats: Arc<LevelStats>,
+}
+
+/// A level's rule with what applying it needs: the policies and, for credit, the
+/// bureau. The queue consumer and the synchronous twin decide through this one type.
+pub(crate) struct Rule {
+    kind: LevelKind,
+    policies: LevelsSettings,
+    bureau: reqwest::Client,
 }
 
 /// Starts level `name`: migrates its schema and consumes its queue until `shutdown`.
@@ -69,30 +76,17 @@ pub async fn start(
     name: &str,
     shutdown: CancellationToken,
 ) -> Result<(Running, Arc<LevelStats>), StartError> {
-    let kind = LevelKind::from_name(name).ok_or_else(|| StartError::UnknownLevel(name.to_owned()))?;
+    let rule = Rule::new(&settings, name)?;
     let pool = db::migrated_pool(&settings.levels.database_for(name), MIGRATIONS).await?;
-    let bureau =
-        reqwest::Client::builder().timeout(Duration::from_millis(settings.levels.bureau_timeout_ms)).build()?;
     let stats = Arc::new(LevelStats::default());
-    let level = Arc::new(Level {
-        in_flight: Default::default(),
-        name: name.to_owned(),
-        kind,
-        settings: settings.clone(),
-        pool,
-        bureau,
-        stats: stats.clone(),
-    });
+    let level =
+        Arc::new(Level { in_flight: Default::default(), name: name.to_owned(), rule, pool, stats: stats.clone() });
     let tasks = TaskTracker::new();
     let health = Health::default();
     let consuming = health.part("broker");
     let listen = settings.levels.health_listen.clone();
-    let for_http = level.clone();
-    let steps = move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(web::Data::new(for_http.clone())).route("/api/steps/{level}", web::post().to(step_http));
-    };
     let health_addr =
-        health::serve(&listen, health, steps, shutdown.clone(), &tasks).map_err(|e| StartError::Health(listen, e))?;
+        health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Listen(listen, e))?;
     tasks.spawn(broker::consume(settings, step_queue(name), consuming, shutdown, move |incoming, publisher| {
         let level = level.clone();
         async move { level.handle(incoming, publisher).await }
@@ -102,13 +96,13 @@ pub async fn start(
 }
 
 /// What a level's rule came to.
-enum Step {
+pub(crate) enum Step {
     Decided(Verdict),
     AwaitApprover,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub(crate) enum StepError {
     #[error("bureau unavailable: {0}")]
     BureauUnavailable(String),
     #[error("{0}")]
@@ -117,28 +111,6 @@ enum StepError {
     Db(#[from] DbError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
-}
-
-/// The synchronous twin's entry: the same rule as the queue consumer, answered over
-/// HTTP, with no broker and no state (a human level answers `await_approver`).
-async fn step_http(path: web::Path<String>, body: web::Json<WorkItem>, level: web::Data<Arc<Level>>) -> HttpResponse {
-    let mut work = body.into_inner();
-    if path.as_str() != level.name || work.slip.current() != Some(level.name.as_str()) {
-        return HttpResponse::UnprocessableEntity().json(
-            serde_json::json!({"error": "misrouted", "message": "this level is not the work item's current step"}),
-        );
-    }
-    let step = level.decide(&mut work).await;
-    let answer = |outcome, reason| HttpResponse::Ok().json(StepAnswer { outcome, reason, work: work.clone() });
-    match step {
-        Ok(Step::Decided(v)) if v.outcome == Outcome::Approved => answer(StepOutcome::Approved, Some(v.reason)),
-        Ok(Step::Decided(v)) => answer(StepOutcome::Rejected, Some(v.reason)),
-        Ok(Step::AwaitApprover) => answer(StepOutcome::AwaitApprover, None),
-        Err(e @ StepError::BureauUnavailable(_)) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"error": "dependency_unavailable", "message": e.to_string()})),
-        Err(e) => HttpResponse::UnprocessableEntity()
-            .json(serde_json::json!({"error": "cannot_decide", "message": e.to_string()})),
-    }
 }
 
 /// A claim on a message id while it is handled; released on drop.
@@ -233,7 +205,7 @@ impl Level {
             tracing::info!(level = %self.name, "duplicate delivery ignored");
             return Ok(());
         }
-        let step = self.decide(&mut work).await?;
+        let step = self.rule.decide(&mut work).await?;
         let now = Utc::now();
         match step {
             Step::AwaitApprover => {
@@ -315,7 +287,7 @@ impl Level {
         approval: ApproverDecision,
         publisher: &Publisher,
     ) -> Result<(), StepError> {
-        if self.kind != LevelKind::Manager || approval.level != self.name {
+        if self.rule.kind != LevelKind::Manager || approval.level != self.name {
             return Err(StepError::Misrouted(format!(
                 "an approval for level {:?} reached level {:?}",
                 approval.level, self.name
@@ -360,9 +332,18 @@ impl Level {
         blocking(&self.pool, move |conn| inbox::record(conn, message_id)).await?;
         Ok(())
     }
+}
 
-    async fn decide(&self, work: &mut WorkItem) -> Result<Step, StepError> {
-        let policies = &self.settings.levels;
+impl Rule {
+    pub(crate) fn new(settings: &Settings, name: &str) -> Result<Rule, StartError> {
+        let kind = LevelKind::from_name(name).ok_or_else(|| StartError::UnknownLevel(name.to_owned()))?;
+        let bureau =
+            reqwest::Client::builder().timeout(Duration::from_millis(settings.levels.bureau_timeout_ms)).build()?;
+        Ok(Rule { kind, policies: settings.levels.clone(), bureau })
+    }
+
+    pub(crate) async fn decide(&self, work: &mut WorkItem) -> Result<Step, StepError> {
+        let policies = &self.policies;
         let app = &work.application;
         Ok(match self.kind {
             LevelKind::Kyc => Step::Decided(rules::kyc(app, work.submitted_on, &policies.kyc)),
@@ -388,7 +369,7 @@ impl Level {
 
     /// Asks the bureau, synchronously: credit cannot decide without the score.
     async fn fetch_score(&self, national_id: &str) -> Result<u16, StepError> {
-        let url = format!("{}/api/scores/{national_id}", self.settings.levels.bureau_url.trim_end_matches('/'));
+        let url = format!("{}/api/scores/{national_id}", self.policies.bureau_url.trim_end_matches('/'));
         let unavailable = |e: reqwest::Error| StepError::BureauUnavailable(e.without_url().to_string());
         let response = self.bureau.get(url).send().await.map_err(unavailable)?;
         let response = response.error_for_status().map_err(unavailable)?;

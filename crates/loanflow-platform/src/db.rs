@@ -27,6 +27,8 @@ pub enum DbError {
     Migration(String),
     #[error("database task was cancelled")]
     Cancelled,
+    #[error("could not encode a value for the database: {0}")]
+    Encode(String),
 }
 
 /// `[a-z_][a-z0-9_]*`: schema names are spliced into SQL, so only plain identifiers

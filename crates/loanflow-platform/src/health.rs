@@ -4,11 +4,10 @@
 //! ready, 503 with the parts that are not).
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,36 +68,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health/live", web::get().to(live)).route("/health/ready", web::get().to(ready));
 }
 
-/// Serves the health routes, plus whatever `extra` adds (a level's synchronous step
-/// endpoint), for services without an HTTP API of their own.
-pub fn serve<F>(
+/// Serves the health routes alone on `listen`: a service without an HTTP API of its
+/// own. Nothing else is ever mounted here (a health address is reachable by anyone
+/// who can reach the host, so it must not change or reveal loan data).
+pub fn serve(
     listen: &str,
     health: Health,
-    extra: F,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
-) -> std::io::Result<std::net::SocketAddr>
-where
-    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
-{
-    let listener = TcpListener::bind(listen)?;
-    let addr = listener.local_addr()?;
+) -> std::io::Result<std::net::SocketAddr> {
     let data = web::Data::new(health);
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes).configure(extra.clone()))
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)?
-        .run();
-    let handle = server.handle();
-    tasks.spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "health server failed");
-        }
-    });
-    tasks.spawn(async move {
-        shutdown.cancelled().await;
-        handle.stop(true).await;
-    });
-    Ok(addr)
+    crate::http::serve(listen, 1, move |cfg| routes(cfg.app_data(data.clone())), shutdown, tasks)
 }

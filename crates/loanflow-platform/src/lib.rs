@@ -6,9 +6,12 @@ pub mod broker;
 pub mod db;
 pub mod dlq;
 pub mod health;
+pub mod http;
+pub mod secret;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod twin;
 
 pub use settings::Settings;
 pub use tokio_util::sync::CancellationToken;

@@ -9,6 +9,8 @@ use std::path::Path;
 use loanflow_domain::rules::{CreditPolicy, KycPolicy, LevelKind, ManagerPolicy, UnderwritingPolicy};
 use serde::Deserialize;
 
+use crate::secret::Secret;
+
 const DEFAULTS: &str = include_str!("defaults.toml");
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,7 @@ pub struct Settings {
     pub bureau: BureauSettings,
     pub levels: LevelsSettings,
     pub ledger: LedgerSettings,
+    pub twin: TwinSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,7 +141,6 @@ pub struct IntakeSettings {
     /// Approvers and their tokens; none by default.
     #[serde(default)]
     pub approvers: Vec<ApproverSettings>,
-    pub sync: SyncSettings,
     pub workers: usize,
     pub database: DatabaseSettings,
     /// Outbox rows published per round trip.
@@ -148,11 +150,18 @@ pub struct IntakeSettings {
     pub relay_poll_ms: u64,
 }
 
-/// The synchronous twin of the chain (see `defaults.toml`).
+/// The synchronous twin of the chain, for the benchmark's comparison only (see
+/// `defaults.toml`). Its processes are started with `loanflow twin …`; no other
+/// process serves its endpoints.
 #[derive(Debug, Clone, Deserialize)]
-pub struct SyncSettings {
-    pub enabled: bool,
-    /// How long the intake waits for one level (or the ledger) before answering 503.
+pub struct TwinSettings {
+    /// Every call between twin processes carries it as a bearer token. A twin process
+    /// refuses to start while it is unset.
+    pub secret: Secret,
+    /// Where a twin level or twin ledger listens (its own listener, never a health
+    /// address).
+    pub listen: String,
+    /// How long the twin intake waits for one level (or the ledger) before answering 503.
     pub timeout_ms: u64,
     pub ledger_url: String,
     pub level_urls: std::collections::BTreeMap<String, String>,
@@ -164,6 +173,10 @@ pub struct BureauSettings {
     pub workers: usize,
     /// Added to every answer, to simulate a slow bureau.
     pub latency_ms: u64,
+    /// The operator's token, which the fault switch (`/admin/faults`) requires. Unset,
+    /// the switch refuses everyone.
+    #[serde(default)]
+    pub operator_token: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -23,6 +23,8 @@ pub struct Options {
     pub report_dir: std::path::PathBuf,
     /// Overrides the scenario's approver token.
     pub approver_token: Option<String>,
+    /// The operator's token, which the bureau's fault switch requires.
+    pub operator_token: String,
     /// Print progress lines.
     pub progress: bool,
 }
@@ -172,7 +174,9 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
     // Faults.
     let faults = {
         let (faults, http, bureau) = (scenario.faults.clone(), http.clone(), options.bureau_url.clone());
+        let operator = options.operator_token.clone();
         tokio::spawn(async move {
+            let mut refused = Vec::new();
             let mut events: Vec<(f64, Value)> = Vec::new();
             for f in faults {
                 events.push((f.at_s, json!({"down": f.bureau_down, "latency_ms": f.bureau_latency_ms})));
@@ -181,8 +185,14 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
             events.sort_by(|a, b| a.0.total_cmp(&b.0));
             for (at, body) in events {
                 tokio::time::sleep(Duration::from_secs_f64(at).saturating_sub(start.elapsed())).await;
-                let _ = http.put(format!("{bureau}/admin/faults")).json(&body).send().await;
+                let answer = http.put(format!("{bureau}/admin/faults")).bearer_auth(&operator).json(&body).send().await;
+                match answer {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => refused.push(format!("the bureau's fault switch answered {}", r.status())),
+                    Err(e) => refused.push(format!("the bureau's fault switch: {}", e.without_url())),
+                }
             }
+            refused
         })
     };
 
@@ -315,17 +325,25 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
     for task in approver_tasks {
         task.abort();
     }
-    faults.abort();
+    // A fault the bureau refused to inject makes the run meaningless: say so.
+    let fault_errors = if faults.is_finished() {
+        faults.await.unwrap_or_default()
+    } else {
+        faults.abort();
+        Vec::new()
+    };
     submitter.abort();
     // Leave the bureau as we found it.
     if !scenario.faults.is_empty() {
-        let _ = http.put(format!("{}/admin/faults", options.bureau_url)).json(&json!({})).send().await;
+        let reset = http.put(format!("{}/admin/faults", options.bureau_url)).bearer_auth(&options.operator_token);
+        let _ = reset.json(&json!({})).send().await;
     }
 
     let elapsed = start.elapsed().as_secs_f64();
     let s = state.lock().expect("state");
     let report = summarise(scenario, &s, &timeline, elapsed);
-    let failures = check(scenario, &report);
+    let mut failures = check(scenario, &report);
+    failures.extend(fault_errors);
     Ok(Outcome { report, failures })
 }
 

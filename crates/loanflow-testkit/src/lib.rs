@@ -27,11 +27,16 @@ use tokio_util::sync::CancellationToken;
 use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
 use loanflow_level::LevelStats;
 use loanflow_platform::broker::{Topology, STATUS_EXCHANGE};
+use loanflow_platform::secret::Secret;
 use loanflow_platform::settings::{ApproverSettings, RetrySettings};
 
 /// The test approvers' tokens: `grace` decides the manager level, `kim` only kyc.
 pub const MANAGER_TOKEN: &str = "test-token-grace-manager";
 pub const KYC_ONLY_TOKEN: &str = "test-token-kim-kyc";
+/// The operator's token in tests (the bureau's fault switch).
+pub const OPERATOR_TOKEN: &str = "test-token-operator";
+/// The synchronous twin's shared secret in tests.
+pub const TWIN_SECRET: &str = "test-twin-secret";
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
@@ -86,8 +91,8 @@ pub struct TestSystem {
     pub bureau: FaultProxy,
     /// The bureau itself (for its fault controls).
     pub bureau_url: String,
-    /// The ledger's HTTP address (health and the synchronous twin's booking).
-    ledger_url: String,
+    /// The ledger's health address.
+    pub ledger_url: String,
     pub id: String,
     pub vhost: String,
     pub base_url: String,
@@ -135,6 +140,7 @@ impl TestSystem {
         settings.intake.listen = "127.0.0.1:0".into();
         settings.intake.workers = 1;
         settings.bureau.listen = "127.0.0.1:0".into();
+        settings.bureau.operator_token = Secret::new(OPERATOR_TOKEN);
         settings.retry = options.retry.clone();
         settings.intake.approvers = vec![
             ApproverSettings { name: "grace".into(), token: MANAGER_TOKEN.into(), levels: vec!["manager".into()] },
@@ -253,24 +259,46 @@ impl TestSystem {
             .expect("the loanflow binary starts")
     }
 
-    /// Starts a second intake running the synchronous twin (its own schema), which
-    /// calls this system's level processes and ledger over HTTP. Returns its URL.
-    pub async fn start_sync_intake(&mut self) -> String {
+    /// The health address of every level instance running.
+    pub fn level_health_urls(&self) -> Vec<String> {
+        self.levels.iter().filter_map(|(_, _, running)| running.addr).map(|addr| format!("http://{addr}")).collect()
+    }
+
+    /// Starts the synchronous twin beside this system, as `make bench` does: a twin
+    /// process per level of the chain, a twin ledger and a twin intake, with schemas of
+    /// their own and [`TWIN_SECRET`]. Returns the twin intake's URL and the twin
+    /// ledger's.
+    pub async fn start_twin(&mut self) -> Twin {
         let mut settings = self.settings.clone();
-        settings.intake.database.schema = format!("t{}_sync_intake", self.id);
-        settings.intake.sync.enabled = true;
-        settings.intake.sync.timeout_ms = 3000;
-        settings.intake.sync.ledger_url = self.ledger_url.clone();
-        settings.intake.sync.level_urls = self
-            .levels
-            .iter()
-            .map(|(name, _, running)| (name.clone(), format!("http://{}", running.addr.expect("level address"))))
-            .collect();
-        let running = loanflow_intake::start(settings, self.stop.clone()).await.expect("sync intake starts");
-        let url = format!("http://{}", running.addr.expect("sync intake address"));
+        settings.twin.secret = Secret::new(TWIN_SECRET);
+        settings.twin.timeout_ms = 3000;
+        settings.twin.listen = "127.0.0.1:0".into();
+        for level in &self.settings.chain.levels {
+            let running = loanflow_level::twin::start(settings.clone(), level, self.stop.clone())
+                .await
+                .expect("twin level starts");
+            settings.twin.level_urls.insert(level.clone(), format!("http://{}", running.addr.expect("address")));
+            self.services.push(running);
+        }
+        let ledger_schema = format!("t{}_twin_ledger", self.id);
+        let mut ledger = settings.clone();
+        ledger.ledger.database.schema = ledger_schema.clone();
+        let running = loanflow_ledger::twin::start(ledger, self.stop.clone()).await.expect("twin ledger starts");
+        settings.twin.ledger_url = format!("http://{}", running.addr.expect("twin ledger address"));
         self.services.push(running);
-        self.extra_schemas.push(format!("t{}_sync_intake", self.id));
-        url
+        let intake_schema = format!("t{}_twin_intake", self.id);
+        settings.intake.database.schema = intake_schema.clone();
+        let running = loanflow_intake::twin::start(settings.clone(), self.stop.clone()).await.expect("twin intake");
+        let url = format!("http://{}", running.addr.expect("twin intake address"));
+        self.services.push(running);
+        self.extra_schemas.extend([ledger_schema.clone(), intake_schema]);
+        Twin { url, ledger_url: settings.twin.ledger_url, ledger_schema, level_urls: settings.twin.level_urls }
+    }
+
+    /// Rows in a table of any schema of this test (see [`TestSystem::count`]).
+    pub async fn count_in_schema(&self, schema: &str, table: &str) -> i64 {
+        let sql = format!("SELECT count(*) AS n FROM \"{schema}\".\"{table}\"");
+        count_rows(sql).await
     }
 
     pub async fn amqp(&self) -> anyhow::Result<Connection> {
@@ -335,18 +363,7 @@ impl TestSystem {
         };
         let filter = reference.map(|r| format!(" WHERE reference = '{}'", r.replace('\'', ""))).unwrap_or_default();
         let sql = format!("SELECT count(*) AS n FROM \"{schema}\".\"{table}\"{filter}");
-        let url = format!("{}/{TEST_DATABASE}", pg_server());
-        tokio::task::spawn_blocking(move || {
-            #[derive(QueryableByName)]
-            struct Count {
-                #[diesel(sql_type = BigInt)]
-                n: i64,
-            }
-            let mut conn = PgConnection::establish(&url).expect("database");
-            diesel::sql_query(sql).get_result::<Count>(&mut conn).expect("count").n
-        })
-        .await
-        .expect("count task")
+        count_rows(sql).await
     }
 
     /// Starts recording every status event published in this test's vhost.
@@ -490,6 +507,32 @@ impl Drop for EventTap {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Runs a `SELECT count(*) AS n …` on the test database.
+async fn count_rows(sql: String) -> i64 {
+    let url = format!("{}/{TEST_DATABASE}", pg_server());
+    tokio::task::spawn_blocking(move || {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = PgConnection::establish(&url).expect("database");
+        diesel::sql_query(sql).get_result::<Count>(&mut conn).expect("count").n
+    })
+    .await
+    .expect("count task")
+}
+
+/// The synchronous twin started beside a test system.
+#[derive(Debug, Clone)]
+pub struct Twin {
+    /// The twin intake.
+    pub url: String,
+    pub ledger_url: String,
+    pub ledger_schema: String,
+    pub level_urls: std::collections::BTreeMap<String, String>,
 }
 
 /// Re-evaluates `condition` until it holds or `within` passes.

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-mod bench;
 use clap::{Parser, Subcommand};
 
 use loanflow_platform::db;
@@ -49,30 +48,32 @@ enum Command {
         /// Where the report folder is written.
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
+        /// The operator's token, for the bureau's fault switch (the sandbox operator's
+        /// by default, which `make run` configures).
+        #[arg(long, env = "LOANFLOW_OPERATOR_TOKEN", default_value = "sandbox-operator-token", hide_env_values = true)]
+        operator_token: String,
     },
-    /// The benchmark client behind `make bench` (see deploy/bench.sh).
-    Bench {
-        #[arg(long, default_value = "http://127.0.0.1:18080")]
-        url: String,
-        /// An intake running the synchronous twin, to compare against.
-        #[arg(long)]
-        sync_url: Option<String>,
-        /// AMQP URI of the benchmark's vhost.
-        #[arg(long)]
-        amqp: String,
-        /// Service processes to measure, as name=pid.
-        #[arg(long = "pid", value_parser = parse_pid)]
-        pids: Vec<(String, u32)>,
-        #[arg(long, default_value = "docs/bench-results.md")]
-        results: PathBuf,
-        #[arg(long, default_value_t = 5000)]
-        full_speed_count: usize,
+    /// A process of the synchronous twin, for the benchmark's comparison only: the same
+    /// rules and booking over HTTP, behind `twin.secret`. Never part of `make run`.
+    Twin {
+        #[command(subcommand)]
+        service: TwinService,
     },
     /// The dead-letter queue: list what is there, replay it.
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
     },
+}
+
+#[derive(Subcommand)]
+enum TwinService {
+    /// An intake that calls the twin levels and ledger in turn and answers with the decision.
+    Intake,
+    /// One level's rule, answered over HTTP.
+    Level { name: String },
+    /// The booking, answered over HTTP.
+    Ledger,
 }
 
 #[derive(Subcommand)]
@@ -97,27 +98,26 @@ enum DlqAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Simulate { scenario, url, bureau_url, reports } = &cli.command {
-        return simulate(scenario, url, bureau_url, reports).await;
-    }
-    if let Command::Bench { url, sync_url, amqp, pids, results, full_speed_count } = cli.command {
-        let args = bench::Args { url, sync_url, amqp, pids, results, full_speed_count };
-        return bench::run(args).await;
+    if let Command::Simulate { scenario, url, bureau_url, reports, operator_token } = &cli.command {
+        return simulate(scenario, url, bureau_url, reports, operator_token).await;
     }
     let settings = Settings::load(&cli.config).context("loading configuration")?;
     telemetry::init(&settings.telemetry);
     let stop = shutdown::on_signal();
     let running = match cli.command {
         Command::Migrate => return migrate(&settings).await,
-        Command::Simulate { .. } | Command::Bench { .. } => {
-            unreachable!("handled above: a client needs no configuration")
-        }
+        Command::Simulate { .. } => unreachable!("handled above: a client needs no configuration"),
         Command::Dlq { action } => return dlq(&settings, action).await,
         Command::Intake => vec![loanflow_intake::start(settings, stop).await?],
         Command::Bureau => vec![loanflow_bureau::start(settings, stop).await?],
         Command::Ledger => vec![loanflow_ledger::start(settings, stop).await?],
         Command::Level { name } => vec![loanflow_level::start(settings, &name, stop).await?.0],
         Command::All => start_all(settings, stop).await?,
+        Command::Twin { service: TwinService::Intake } => vec![loanflow_intake::twin::start(settings, stop).await?],
+        Command::Twin { service: TwinService::Level { name } } => {
+            vec![loanflow_level::twin::start(settings, &name, stop).await?]
+        }
+        Command::Twin { service: TwinService::Ledger } => vec![loanflow_ledger::twin::start(settings, stop).await?],
     };
     for service in running {
         service.stopped().await;
@@ -140,18 +140,20 @@ async fn start_all(settings: Settings, stop: CancellationToken) -> anyhow::Resul
     Ok(running)
 }
 
-fn parse_pid(s: &str) -> Result<(String, u32), String> {
-    let (name, pid) = s.split_once('=').ok_or("expected name=pid")?;
-    Ok((name.to_owned(), pid.parse().map_err(|_| "pid must be a number")?))
-}
-
-async fn simulate(scenario: &Path, url: &str, bureau_url: &str, reports: &Path) -> anyhow::Result<()> {
+async fn simulate(
+    scenario: &Path,
+    url: &str,
+    bureau_url: &str,
+    reports: &Path,
+    operator_token: &str,
+) -> anyhow::Result<()> {
     let scenario = loanflow_simulate::Scenario::load(scenario)?;
     let options = loanflow_simulate::Options {
         url: url.trim_end_matches('/').to_owned(),
         bureau_url: bureau_url.trim_end_matches('/').to_owned(),
         report_dir: reports.to_owned(),
         approver_token: None,
+        operator_token: operator_token.to_owned(),
         progress: true,
     };
     let outcome = loanflow_simulate::run(&scenario, &options).await?;

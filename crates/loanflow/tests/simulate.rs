@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use loanflow_testkit::{TestSystem, MANAGER_TOKEN};
+use loanflow_testkit::{TestSystem, MANAGER_TOKEN, OPERATOR_TOKEN};
 
 /// The simulator pointed at a test system, with the test approver's token.
 fn options(system: &TestSystem, root: &Path) -> loanflow_simulate::Options {
@@ -14,6 +14,7 @@ fn options(system: &TestSystem, root: &Path) -> loanflow_simulate::Options {
         bureau_url: system.bureau_url.clone(),
         report_dir: root.join("target/reports"),
         approver_token: Some(MANAGER_TOKEN.to_owned()),
+        operator_token: OPERATOR_TOKEN.to_owned(),
         progress: false,
     }
 }
@@ -64,5 +65,23 @@ async fn unmet_expectations_fail_the_run() {
     let options = options(&system, &root);
     let outcome = loanflow_simulate::run(&scenario, &options).await.unwrap();
     assert!(outcome.failures.iter().any(|f| f.contains("at least 5 expected")), "{:?}", outcome.failures);
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_the_bureau_refuses_to_inject_fails_the_run() {
+    let system = TestSystem::start().await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut scenario = loanflow_simulate::Scenario::load(&root.join("examples/smoke.toml")).unwrap();
+    scenario.arrivals.count = 4;
+    scenario.faults =
+        vec![loanflow_simulate::scenario::Fault { at_s: 0.0, until_s: 0.2, bureau_down: false, bureau_latency_ms: 5 }];
+    let options = loanflow_simulate::Options { operator_token: "not-the-operator".into(), ..options(&system, &root) };
+    let outcome = loanflow_simulate::run(&scenario, &options).await.unwrap();
+    assert!(
+        outcome.failures.iter().any(|f| f.contains("fault switch answered 401")),
+        "a refused fault is reported: {:?}",
+        outcome.failures
+    );
     system.shutdown().await;
 }

@@ -1,6 +1,7 @@
-//! `loanflow bench`: the benchmark client behind `make bench`. It drives a running
-//! system (started by `deploy/bench.sh`, one process per service) through its public
-//! API, watches finals on the status exchange (so measuring adds no polling load),
+//! `loanflow-bench`: the benchmark client behind `make bench`, kept out of the
+//! production binary. It drives a running system (started by `deploy/bench.sh`, one
+//! process per service, as `make run` runs them) and its synchronous twin (its own
+//! `loanflow twin …` processes) through their public APIs, watches finals on the status exchange (so measuring adds no polling load),
 //! measures the broker's own ceiling on the same machine in the same run, and reads
 //! each service process's peak resident memory.
 
@@ -21,15 +22,35 @@ use serde_json::{json, Value};
 use loanflow_domain::messages::{Envelope, StatusMessage};
 use loanflow_platform::broker::{Outgoing, Publisher, STATUS_EXCHANGE};
 
-pub struct Args {
-    pub url: String,
-    /// The intake running the synchronous twin.
-    pub sync_url: Option<String>,
-    pub amqp: String,
-    /// name=pid of every service process.
-    pub pids: Vec<(String, u32)>,
-    pub results: PathBuf,
-    pub full_speed_count: usize,
+#[derive(clap::Parser)]
+#[command(name = "loanflow-bench", about = "The benchmark client behind `make bench` (see deploy/bench.sh)")]
+struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:18080")]
+    url: String,
+    /// The twin intake (`loanflow twin intake`), to compare against.
+    #[arg(long)]
+    sync_url: Option<String>,
+    /// AMQP URI of the benchmark's vhost.
+    #[arg(long)]
+    amqp: String,
+    /// Service processes to measure, as name=pid (`level-credit` and `twin-level-credit`
+    /// are the ones frozen in the outage runs).
+    #[arg(long = "pid", value_parser = parse_pid)]
+    pids: Vec<(String, u32)>,
+    #[arg(long, default_value = "docs/bench-results.md")]
+    results: PathBuf,
+    #[arg(long, default_value_t = 5000)]
+    full_speed_count: usize,
+}
+
+fn parse_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected name=pid")?;
+    Ok((name.to_owned(), pid.parse().map_err(|_| "pid must be a number")?))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(<Args as clap::Parser>::parse()).await
 }
 
 /// When each reference became final, as seen on the status exchange.
@@ -358,7 +379,7 @@ fn machine() -> String {
     format!("{cores} cores ({cpu})")
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(30)).build()?;
     let (finals, _tap) = tap(&args.amqp).await?;
     let mut offset = 0;
@@ -438,16 +459,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             for t in tasks {
                 waits.push(t.await?.1);
             }
-            let credit = args.pids.iter().find(|(n, _)| n == "level-credit").map(|(_, p)| *p);
-            let outages = match credit {
-                Some(pid) => {
+            let pid_of = |name: &str| args.pids.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
+            let outages = match (pid_of("level-credit"), pid_of("twin-level-credit")) {
+                (Some(credit), Some(twin_credit)) => {
                     eprintln!("credit frozen for 10 s at 50/s: asynchronous…");
-                    let a = outage(&http, &args.url, false, pid, &finals, 3_000_000).await?;
+                    let a = outage(&http, &args.url, false, credit, &finals, 3_000_000).await?;
                     eprintln!("credit frozen for 10 s at 50/s: synchronous…");
-                    let s = outage(&http, sync_url, true, pid, &finals, 4_000_000).await?;
+                    let s = outage(&http, sync_url, true, twin_credit, &finals, 4_000_000).await?;
                     Some((a, s))
                 }
-                None => None,
+                _ => None,
             };
             Some((sync_throughput, cpu_per_app_sync, waits, outages))
         }
@@ -499,7 +520,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some((sync_throughput, cpu_sync, mut waits, outages)) = comparison {
         let (w50, w99) = (pct(&mut waits, 0.50), pct(&mut waits, 0.99));
         table.push_str(&format!(
-            "\n**Asynchronous chain versus its synchronous twin** (same rules, same ledger, same level processes)\n\n\
+            "\n**Asynchronous chain versus its synchronous twin** (same rules and booking code; the twin in processes of its own)\n\n\
              | measure | asynchronous | synchronous |\n|---|---|---|\n\
              | throughput at full speed (64 clients) | {throughput:.0} finalised/s | {sync_throughput:.0} decided/s |\n\
              | what the applicant waits for, at 100/s | p50 {s100:.1} ms, p99 {s100_99:.1} ms (a reference) | p50 {w50:.1} ms, p99 {w99:.1} ms (the final decision) |\n\

@@ -1,6 +1,6 @@
-//! The synchronous twin of the chain, for comparison only: the intake calls each level
-//! over HTTP in turn, then the ledger, and answers the applicant with the final
-//! decision. Same rules (each level runs the same `decide`), same ledger, same status
+//! The synchronous twin of the chain, for comparison only (`loanflow twin intake`):
+//! the intake calls each twin level over HTTP in turn, then the twin ledger, each call
+//! carrying the twin's secret, and answers the applicant with the final decision. Same rules (each level runs the same `decide`), same ledger, same status
 //! projection; no broker. While a level is down or slow, applicants get errors or
 //! wait — which is what the asynchronous chain exists to avoid, and what the
 //! benchmark measures.
@@ -12,22 +12,43 @@ use chrono::Utc;
 
 use loanflow_domain::messages::{StatusEvent, StepAnswer, StepOutcome};
 use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
+use loanflow_platform::db;
 use loanflow_platform::db::blocking;
-use loanflow_platform::settings::SyncSettings;
+use loanflow_platform::health::Health;
+use loanflow_platform::settings::TwinSettings;
+use loanflow_platform::shutdown::Running;
+use loanflow_platform::{CancellationToken, Settings};
 
 use crate::api::{new_work, status_body, AppState};
 use crate::error::ApiError;
-use crate::store;
+use crate::{store, StartError, MIGRATIONS};
 
-pub struct SyncChain {
+pub struct TwinChain {
     http: reqwest::Client,
-    settings: SyncSettings,
+    settings: TwinSettings,
 }
 
-impl SyncChain {
-    pub fn new(settings: SyncSettings) -> Result<SyncChain, reqwest::Error> {
-        let http = reqwest::Client::builder().timeout(Duration::from_millis(settings.timeout_ms)).build()?;
-        Ok(SyncChain { http, settings })
+/// Starts an intake whose `POST /api/loans` runs the synchronous twin: no broker, no
+/// outbox relay, no status consumer.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
+    if !settings.twin.secret.is_set() {
+        return Err(StartError::NoTwinSecret);
+    }
+    let pool = db::migrated_pool(&settings.intake.database, MIGRATIONS).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(settings.twin.timeout_ms))
+        .build()
+        .map_err(StartError::Client)?;
+    let chain = TwinChain { http, settings: settings.twin.clone() };
+    let state = AppState::new(pool, &settings, Some(chain));
+    let (addr, tasks) = crate::serve(&settings, state, Health::default(), &shutdown)?;
+    tracing::info!(%addr, "twin intake listening (levels are called over HTTP)");
+    Ok(Running::new(Some(addr), tasks))
+}
+
+impl TwinChain {
+    fn post(&self, url: String) -> reqwest::RequestBuilder {
+        self.http.post(url).bearer_auth(self.settings.secret.expose())
     }
 }
 
@@ -42,7 +63,7 @@ fn progress(decided: usize, status: Status, current_level: Option<String>) -> St
     StatusEvent::progress(decided, status, current_level, Utc::now())
 }
 
-pub async fn submit(state: &AppState, chain: &SyncChain, value: &serde_json::Value) -> Result<HttpResponse, ApiError> {
+pub async fn submit(state: &AppState, chain: &TwinChain, value: &serde_json::Value) -> Result<HttpResponse, ApiError> {
     let (reference, stored, mut work) = new_work(state, value)?;
     let (key, at) = (reference.clone(), work.submitted_at);
     blocking(&state.pool, move |conn| store::record_application(conn, &key, &stored, at)).await?;
@@ -50,7 +71,7 @@ pub async fn submit(state: &AppState, chain: &SyncChain, value: &serde_json::Val
     for level in state.chain.iter() {
         let decided = work.decisions.len();
         let url = chain.settings.level_urls.get(level).cloned().unwrap_or_default();
-        let answer = chain.http.post(format!("{url}/api/steps/{level}")).json(&work).send().await;
+        let answer = chain.post(format!("{url}/api/steps/{level}")).json(&work).send().await;
         let answer: Option<StepAnswer> = match answer {
             Ok(r) if r.status().is_success() => r.json().await.ok(),
             _ => None,
@@ -94,8 +115,7 @@ pub async fn submit(state: &AppState, chain: &SyncChain, value: &serde_json::Val
 
     let decided = work.decisions.len();
     let offer = work.offer.clone();
-    let booked =
-        chain.http.post(format!("{}/api/loans/{reference}", chain.settings.ledger_url)).json(&work).send().await;
+    let booked = chain.post(format!("{}/api/loans/{reference}", chain.settings.ledger_url)).json(&work).send().await;
     if !booked.is_ok_and(|r| r.status().is_success()) {
         project(state, &reference, progress(decided, Status::Failed, None)).await?;
         return Err(ApiError::StepUnavailable("ledger".into()));

@@ -1,0 +1,201 @@
+//! Security: what anyone who can reach a service's address, or the broker, must not be
+//! able to do. Health addresses serve health only; the synchronous twin answers only
+//! in its own processes and only with its secret; the ledger books only what the chain
+//! approved, whoever sent the message.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use serde_json::{json, Value};
+
+use loanflow_domain::messages::{Envelope, RoutingSlip, WorkItem, WorkMessage};
+use loanflow_domain::reference::RANDOM_BYTES;
+use loanflow_domain::rules::Offer;
+use loanflow_domain::{Application, DecidedBy, Decision, Outcome, Reference};
+use loanflow_platform::broker::{step_queue, DEAD_LETTER_QUEUE, REFERENCE_HEADER};
+use loanflow_testkit::{application, wait_until, TestSystem, MANAGER_TOKEN, TWIN_SECRET};
+
+/// A work item at the ledger's step, approved by every level, carrying `offer`.
+fn forged_booking(body: &Value, offer: Offer) -> WorkItem {
+    let now = Utc::now();
+    let levels = ["kyc", "credit", "underwriting", "manager"].map(String::from);
+    let mut slip = RoutingSlip::through(&levels);
+    slip.position = levels.len();
+    let decisions = levels
+        .iter()
+        .map(|level| Decision {
+            level: level.clone(),
+            outcome: Outcome::Approved,
+            reason: "looks fine".into(),
+            decided_by: DecidedBy::Auto,
+            decided_at: now,
+        })
+        .collect();
+    WorkItem {
+        application: Application::parse(body, now.date_naive()).unwrap(),
+        submitted_at: now,
+        submitted_on: now.date_naive(),
+        slip,
+        decisions,
+        score: Some(800),
+        offer: Some(offer),
+    }
+}
+
+fn offer(amount: &str, rate: &str, term: u16, payment: &str) -> Offer {
+    Offer {
+        amount: amount.parse().unwrap(),
+        annual_rate: rate.parse().unwrap(),
+        term_months: term,
+        monthly_payment: payment.parse().unwrap(),
+    }
+}
+
+fn big_ticket() -> Value {
+    let mut big = application(800);
+    big["amount"] = json!("60000.00");
+    big["applicant"]["annual_income"] = json!("400000.00");
+    big
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_addresses_serve_health_and_nothing_that_touches_loan_data() {
+    let system = TestSystem::start().await;
+    let reference = system.submit_ok(&big_ticket()).await;
+    system.wait_for_status(&reference, "awaiting_approver", Duration::from_secs(30)).await;
+    let work = serde_json::to_value(forged_booking(&big_ticket(), offer("1000000", "0", 360, "2777.78"))).unwrap();
+
+    let mut addresses = system.level_health_urls();
+    addresses.push(system.ledger_url.clone());
+    assert_eq!(addresses.len(), 5, "four levels and the ledger");
+    for base in &addresses {
+        let live = system.http.get(format!("{base}/health/live")).send().await.unwrap();
+        assert_eq!(live.status(), 200, "{base} serves health");
+        for path in ["/api/steps/kyc", "/api/steps/credit", "/api/steps/manager", &format!("/api/loans/{reference}")] {
+            for request in [
+                system.http.post(format!("{base}{path}")).json(&work),
+                system.http.post(format!("{base}{path}")).bearer_auth(TWIN_SECRET).json(&work),
+            ] {
+                let answer = request.send().await.unwrap();
+                assert_eq!(answer.status(), 404, "{base}{path} must not exist on a health address");
+            }
+        }
+    }
+    assert_eq!(system.count("ledger", "loans", None).await, 0, "nothing was booked");
+    assert_eq!(system.status(&reference).await["status"], "awaiting_approver");
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_twin_answers_only_callers_with_its_secret_and_books_only_what_the_rules_give() {
+    let mut system = TestSystem::start().await;
+    let twin = system.start_twin().await;
+    let reference = Reference::from_random([7; RANDOM_BYTES]);
+    let booked_before = system.count_in_schema(&twin.ledger_schema, "loans").await;
+    let genuine = forged_booking(&application(800), offer("25000", "0.0599", 36, "760.46"));
+    let step_url = format!("{}/api/steps/kyc", twin.level_urls["kyc"]);
+    let book_url = format!("{}/api/loans/{reference}", twin.ledger_url);
+
+    for (url, body) in [(&step_url, &genuine), (&book_url, &genuine)] {
+        for request in [
+            system.http.post(url.as_str()).json(body),
+            system.http.post(url.as_str()).bearer_auth("guess").json(body),
+            system.http.post(url.as_str()).bearer_auth("").json(body),
+            system.http.post(url.as_str()).basic_auth("twin", Some(TWIN_SECRET)).json(body),
+        ] {
+            let answer = request.send().await.unwrap();
+            assert_eq!(answer.status(), 401, "{url} without the secret");
+        }
+    }
+    // With the secret, a booking is still checked against the rules.
+    for (what, forged) in [
+        ("a million at 0 %", offer("1000000", "0", 360, "2777.78")),
+        ("a negative rate", offer("25000", "-0.05", 36, "600.00")),
+        ("another term", offer("25000", "0.0599", 360, "149.73")),
+    ] {
+        let answer = system
+            .http
+            .post(&book_url)
+            .bearer_auth(TWIN_SECRET)
+            .json(&forged_booking(&application(800), forged))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 422, "{what} is refused");
+        assert_eq!(answer.json::<Value>().await.unwrap()["error"], "not_bookable");
+    }
+    assert_eq!(system.count_in_schema(&twin.ledger_schema, "loans").await, booked_before, "nothing forged was booked");
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_books_only_what_the_chain_approved_whoever_publishes_the_message() {
+    let system = TestSystem::start().await;
+    let reference = system.submit_ok(&big_ticket()).await;
+    system.wait_for_status(&reference, "awaiting_approver", Duration::from_secs(30)).await;
+
+    // Work for the ledger, as anyone with broker access could publish it: the waiting
+    // big ticket pre-booked as a million at 0 %, and a loan for a reference that
+    // exists nowhere at a negative rate.
+    let nowhere = Reference::from_random([9; RANDOM_BYTES]);
+    let forged = [
+        (Reference::parse(&reference).unwrap(), forged_booking(&big_ticket(), offer("1000000", "0", 360, "2777.78"))),
+        (nowhere, forged_booking(&application(800), offer("25000", "-0.05", 36, "600.00"))),
+    ];
+    let conn = system.amqp().await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    // Confirms, so that each forged message is known to be in the queue before we look.
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    for (reference, work) in forged {
+        let envelope = Envelope::new(reference.clone(), "forged", Utc::now(), WorkMessage::V1(work));
+        let mut headers = FieldTable::default();
+        headers.insert(REFERENCE_HEADER.into(), AMQPValue::LongString(reference.as_str().into()));
+        let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        let queue = step_queue("ledger");
+        channel
+            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &envelope.encode(), props)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    conn.close(200, "bye".into()).await.unwrap();
+    let refused =
+        wait_until(Duration::from_secs(20), || async { system.queue_depth(DEAD_LETTER_QUEUE).await == 2 }).await;
+    assert!(refused, "both forged bookings were dead-lettered (found {})", system.queue_depth(DEAD_LETTER_QUEUE).await);
+    assert_eq!(system.count("ledger", "loans", None).await, 0, "and neither was booked");
+
+    // The real approval then books the real terms.
+    let approve = system
+        .http
+        .post(system.url(&format!("/api/approvals/{reference}")))
+        .bearer_auth(MANAGER_TOKEN)
+        .json(&json!({"decision": "approve", "reason": "verified income"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approve.status(), 200);
+    let approved = system.wait_for_status(&reference, "approved", Duration::from_secs(30)).await;
+    assert_eq!(approved["offer"]["amount"], "60000.00");
+    assert_eq!(approved["offer"]["term_months"], 36);
+    assert_eq!(system.count("ledger", "loans", Some(&reference)).await, 1);
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_twin_process_starts_without_a_secret() {
+    let settings = loanflow_platform::Settings::defaults().unwrap();
+    assert!(!settings.twin.secret.is_set(), "no secret by default");
+    let stop = loanflow_platform::CancellationToken::new();
+    let level = loanflow_level::twin::start(settings.clone(), "kyc", stop.clone()).await;
+    assert!(matches!(level, Err(loanflow_level::StartError::NoTwinSecret)), "{level:?}");
+    let ledger = loanflow_ledger::twin::start(settings.clone(), stop.clone()).await;
+    assert!(matches!(ledger, Err(loanflow_ledger::StartError::NoTwinSecret)), "{ledger:?}");
+    let intake = loanflow_intake::twin::start(settings, stop).await;
+    assert!(matches!(intake, Err(loanflow_intake::StartError::NoTwinSecret)), "{intake:?}");
+}

@@ -66,6 +66,22 @@ for db in loanflow loanflow_test; do
   fi
 done
 
+# --- pg_stat_statements: `make bench` reads statements per application from it. It
+# must be preloaded, which takes one restart of the server; done once, where we may.
+preload=$(psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'show shared_preload_libraries')
+if [[ "$preload" != *pg_stat_statements* ]] && [ "$SUDO" != none ] && compgen -G "/etc/postgresql/*/main" >/dev/null; then
+  say "preloading pg_stat_statements (restarts PostgreSQL once)"
+  libs=${preload:+$preload,}pg_stat_statements
+  psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "ALTER SYSTEM SET shared_preload_libraries = '$libs'"
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main restart || $SUDO pg_ctlcluster "$version" main restart
+  wait_port "$PG_HOST" "$PG_PORT" 30 PostgreSQL
+  for _ in $(seq 1 30); do psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'select 1' >/dev/null 2>&1 && break; sleep 1; done
+fi
+if [[ "$(psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'show shared_preload_libraries')" == *pg_stat_statements* ]]; then
+  psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d loanflow -qc 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null 2>&1 || true
+fi
+
 # --- RabbitMQ
 if ! port_open 127.0.0.1 "$AMQP_PORT"; then
   command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server

@@ -56,7 +56,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         STATUS_QUEUE.to_owned(),
         projection_health,
         shutdown,
-        move |incoming, _publisher| projection::handle(pool.clone(), incoming),
+        move |batch, _publisher| projection::handle_batch(pool.clone(), batch),
     ));
     tracing::info!(%addr, "intake listening");
     Ok(Running::new(Some(addr), tasks))

@@ -19,11 +19,14 @@ use loanflow_domain::booking::bookable;
 use loanflow_domain::messages::{Envelope, StatusEvent, WorkItem, WorkMessage, LEDGER_STEP};
 use loanflow_domain::rules::{Offer, UnderwritingPolicy};
 use loanflow_domain::{Reference, Status};
-use loanflow_platform::broker::{self, step_queue, Disposition, Incoming, Publisher};
-use loanflow_platform::db::{self, blocking, inbox, DbError, PgPool};
+use std::collections::HashSet;
+
+use loanflow_platform::broker::{self, step_queue, Batch, Disposition, Publisher};
+use loanflow_platform::db::{self, blocking, DbError, PgPool};
 use loanflow_platform::health::{self, Health};
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
+use rust_decimal::Decimal;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../schema/ledger");
 
@@ -45,67 +48,97 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     let listen = settings.ledger.health_listen.clone();
     let addr = health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Listen(listen, e))?;
     let policy = settings.levels.underwriting.clone();
-    tasks.spawn(broker::consume(settings, step_queue(LEDGER_STEP), consuming, shutdown, move |incoming, publisher| {
-        book(pool.clone(), policy.clone(), incoming, publisher)
+    tasks.spawn(broker::consume(settings, step_queue(LEDGER_STEP), consuming, shutdown, move |batch, publisher| {
+        book_batch(pool.clone(), policy.clone(), batch, publisher)
     }));
     tracing::info!(health = %addr, "ledger started");
     Ok(Running::new(Some(addr), tasks))
 }
 
-async fn book(pool: PgPool, policy: UnderwritingPolicy, incoming: Incoming, publisher: Publisher) -> Disposition {
-    let envelope = match Envelope::<WorkMessage>::decode(&incoming.data) {
-        Ok(e) => e,
-        Err(e) => return Disposition::DeadLetter(e.to_string()),
-    };
-    let (reference, message_id) = (envelope.reference, envelope.message_id);
-    let WorkMessage::V1(work) = envelope.body else {
-        return Disposition::DeadLetter("an approver's decision reached the ledger".into());
-    };
-    if let Err(why) = bookable(&work, &policy) {
-        tracing::warn!(security_event = "booking_refused", %why, "loan not booked");
-        return Disposition::DeadLetter(why);
-    }
-    let decided = work.decisions.len();
-    let offer = work.offer.clone();
-    let key = reference.clone();
-    let booked = blocking(&pool, move |conn| {
-        if inbox::seen(conn, message_id)? {
-            return Ok(None);
-        }
-        insert_loan(conn, &key, &work).map(Some)
-    })
-    .await;
-    match booked {
-        Ok(None) => {
-            tracing::info!("duplicate delivery ignored");
-            return Disposition::Ack;
-        }
-        Ok(Some(Booking::New)) => tracing::info!("loan booked"),
-        // Booked by an earlier delivery that stopped before announcing it.
-        Ok(Some(Booking::AlreadyBooked)) => tracing::info!("loan was already booked; announcing it"),
-        Ok(Some(Booking::Conflict)) => {
-            tracing::warn!(
-                security_event = "booking_refused",
-                "a loan with other terms is booked under this reference"
-            );
-            return Disposition::DeadLetter("a loan with other terms is already booked under this reference".into());
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "loan not booked");
-            if incoming.is_last_attempt() {
-                announce(&publisher, &reference, decided, Status::Failed, None).await.ok();
+/// Books a delivery batch: every checked loan in one statement, then every `approved`
+/// event sent before one wait for their confirms. The `loans` primary key makes a
+/// redelivered booking a no-op, so the ledger needs no inbox of its own.
+async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publisher: Publisher) -> Vec<Disposition> {
+    let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
+    let mut loans = Vec::new();
+    for (index, incoming) in batch.iter().enumerate() {
+        let envelope = match Envelope::<WorkMessage>::decode(&incoming.data) {
+            Ok(e) => e,
+            Err(e) => {
+                answers[index] = Some(Disposition::DeadLetter(e.to_string()));
+                continue;
             }
-            return Disposition::Retry(e.to_string());
+        };
+        let reference = envelope.reference;
+        let WorkMessage::V1(work) = envelope.body else {
+            answers[index] = Some(Disposition::DeadLetter("an approver's decision reached the ledger".into()));
+            continue;
+        };
+        if let Err(why) = bookable(&work, &policy) {
+            tracing::warn!(security_event = "booking_refused", %reference, %why, "loan not booked");
+            answers[index] = Some(Disposition::DeadLetter(why));
+            continue;
         }
+        loans.push((index, reference, work, incoming.is_last_attempt()));
     }
-    if let Err(e) = announce(&publisher, &reference, decided, Status::Approved, offer).await {
-        tracing::warn!(error = %e, "booked, but the status was not confirmed");
-        return Disposition::Requeue;
+    if loans.is_empty() {
+        return answers.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect();
     }
-    match blocking(&pool, move |conn| inbox::record(conn, message_id)).await {
-        Ok(()) => Disposition::Ack,
-        Err(e) => Disposition::Retry(e.to_string()),
+    let to_book: Vec<(Reference, WorkItem)> = loans.iter().map(|(_, r, w, _)| (r.clone(), w.clone())).collect();
+    let booked = blocking(&pool, move |conn| conn.transaction(|conn| insert_loans(conn, &to_book))).await;
+    let bookings = match booked {
+        Ok(bookings) => bookings,
+        Err(e) => {
+            tracing::warn!(error = %e, loans = loans.len(), "loans not booked");
+            for (index, reference, work, last_attempt) in loans {
+                if last_attempt {
+                    announce(&publisher, &reference, work.decisions.len(), Status::Failed, None).await.ok();
+                }
+                answers[index] = Some(Disposition::Retry(e.to_string()));
+            }
+            return answers.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect();
+        }
+    };
+    let mut confirms = Vec::new();
+    let mut announced = Vec::new();
+    let mut all_sent = true;
+    for ((index, reference, work, _), booking) in loans.into_iter().zip(bookings) {
+        match booking {
+            Booking::New => tracing::info!(%reference, "loan booked"),
+            // Booked by an earlier delivery that stopped before announcing it.
+            Booking::AlreadyBooked => tracing::info!(%reference, "loan was already booked; announcing it"),
+            Booking::Conflict => {
+                tracing::warn!(security_event = "booking_refused", %reference, "a loan with other terms is booked under this reference");
+                let why = "a loan with other terms is already booked under this reference";
+                answers[index] = Some(Disposition::DeadLetter(why.into()));
+                continue;
+            }
+        }
+        let event = StatusEvent {
+            offer: work.offer.clone(),
+            ..StatusEvent::progress(work.decisions.len(), Status::Approved, None, Utc::now())
+        };
+        match broker::start_status(&publisher, &reference, event).await {
+            Ok(confirm) => confirms.push(confirm),
+            Err(e) => {
+                tracing::warn!(error = %e, "booked, but the status could not be sent");
+                all_sent = false;
+            }
+        }
+        announced.push(index);
     }
+    let answer = match broker::confirmed(confirms).await {
+        Ok(()) if all_sent => Disposition::Ack,
+        Ok(()) => Disposition::Requeue,
+        Err(e) => {
+            tracing::warn!(error = %e, "booked, but the status was not confirmed");
+            Disposition::Requeue
+        }
+    };
+    for index in announced {
+        answers[index] = Some(answer.clone());
+    }
+    answers.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect()
 }
 
 async fn announce(
@@ -129,14 +162,31 @@ pub(crate) enum Booking {
     Conflict,
 }
 
-/// Inserts the loan of a work item that [`bookable`] accepted, once.
-pub(crate) fn insert_loan(conn: &mut PgConnection, reference: &Reference, work: &WorkItem) -> Result<Booking, DbError> {
+/// Inserts the loans of work items that [`bookable`] accepted, each once, in one
+/// statement (rows in reference order, so concurrent batches lock alike); what each
+/// insert found, in the order given. A reference booked before is compared with the
+/// new terms: only a redelivery of the same loan is [`Booking::AlreadyBooked`].
+pub(crate) fn insert_loans(conn: &mut PgConnection, loans: &[(Reference, WorkItem)]) -> Result<Vec<Booking>, DbError> {
     use schema::loans;
-    let Some(offer) = &work.offer else { return Ok(Booking::Conflict) };
-    let decisions = serde_json::to_value(&work.decisions).map_err(|e| DbError::Encode(e.to_string()))?;
-    let inserted = diesel::insert_into(loans::table)
-        .values((
-            loans::reference.eq(reference.as_str()),
+    type Terms = (String, Decimal, Decimal, i32, Decimal);
+    let terms = |reference: &Reference, offer: &Offer| -> Terms {
+        let term = i32::from(offer.term_months);
+        (
+            reference.as_str().to_owned(),
+            offer.amount.as_decimal(),
+            offer.annual_rate,
+            term,
+            offer.monthly_payment.as_decimal(),
+        )
+    };
+    let mut rows = Vec::with_capacity(loans.len());
+    let mut sorted: Vec<&(Reference, WorkItem)> = loans.iter().collect();
+    sorted.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    for (reference, work) in sorted {
+        let Some(offer) = &work.offer else { continue };
+        let decisions = serde_json::to_value(&work.decisions).map_err(|e| DbError::Encode(e.to_string()))?;
+        rows.push((
+            loans::reference.eq(reference.as_str().to_owned()),
             loans::amount.eq(offer.amount.as_decimal()),
             loans::currency.eq(work.application.currency.code()),
             loans::annual_rate.eq(offer.annual_rate),
@@ -144,22 +194,32 @@ pub(crate) fn insert_loan(conn: &mut PgConnection, reference: &Reference, work: 
             loans::monthly_payment.eq(offer.monthly_payment.as_decimal()),
             loans::decisions.eq(decisions),
             loans::submitted_at.eq(work.submitted_at),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)?;
-    if inserted == 1 {
-        return Ok(Booking::New);
+        ));
     }
-    let booked: (rust_decimal::Decimal, rust_decimal::Decimal, i32, rust_decimal::Decimal) = loans::table
-        .find(reference.as_str())
-        .select((loans::amount, loans::annual_rate, loans::term_months, loans::monthly_payment))
-        .first(conn)?;
-    let same = booked
-        == (
-            offer.amount.as_decimal(),
-            offer.annual_rate,
-            i32::from(offer.term_months),
-            offer.monthly_payment.as_decimal(),
-        );
-    Ok(if same { Booking::AlreadyBooked } else { Booking::Conflict })
+    let inserted: HashSet<String> = diesel::insert_into(loans::table)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(loans::reference)
+        .get_results::<String>(conn)?
+        .into_iter()
+        .collect();
+    let earlier: Vec<&str> = loans.iter().map(|(r, _)| r.as_str()).filter(|r| !inserted.contains(*r)).collect();
+    let booked: HashSet<Terms> = if earlier.is_empty() {
+        HashSet::new()
+    } else {
+        loans::table
+            .filter(loans::reference.eq_any(&earlier))
+            .select((loans::reference, loans::amount, loans::annual_rate, loans::term_months, loans::monthly_payment))
+            .load::<Terms>(conn)?
+            .into_iter()
+            .collect()
+    };
+    Ok(loans
+        .iter()
+        .map(|(reference, work)| match &work.offer {
+            _ if inserted.contains(reference.as_str()) => Booking::New,
+            Some(offer) if booked.contains(&terms(reference, offer)) => Booking::AlreadyBooked,
+            _ => Booking::Conflict,
+        })
+        .collect())
 }

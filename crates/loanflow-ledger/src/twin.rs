@@ -14,7 +14,7 @@ use loanflow_platform::db::{self, blocking, PgPool};
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::{twin, Settings};
 
-use crate::{insert_loan, Booking, StartError, MIGRATIONS};
+use crate::{insert_loans, Booking, StartError, MIGRATIONS};
 
 struct TwinLedger {
     pool: PgPool,
@@ -50,7 +50,8 @@ async fn book(path: web::Path<String>, body: web::Json<WorkItem>, ledger: web::D
         tracing::warn!(security_event = "booking_refused", %reference, %why, "loan not booked");
         return HttpResponse::UnprocessableEntity().json(serde_json::json!({"error": "not_bookable", "message": why}));
     }
-    match blocking(&ledger.pool, move |conn| insert_loan(conn, &reference, &work)).await {
+    let booked = blocking(&ledger.pool, move |conn| insert_loans(conn, &[(reference, work)])).await;
+    match booked.map(|b| b.first().copied().unwrap_or(Booking::Conflict)) {
         Ok(Booking::Conflict) => HttpResponse::Conflict().json(
             serde_json::json!({"error": "conflict", "message": "a loan with other terms is booked under this reference"}),
         ),

@@ -19,10 +19,11 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use loanflow_domain::messages::{ApproverDecision, Envelope, StatusEvent, WorkItem, WorkMessage};
+use futures_util::future::join_all;
+use loanflow_domain::messages::{ApproverDecision, Envelope, RoutingSlip, StatusEvent, WorkItem, WorkMessage};
 use loanflow_domain::rules::{self, LevelKind, ManagerVerdict, Verdict};
 use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
-use loanflow_platform::broker::{self, step_queue, BrokerError, Disposition, Incoming, Publisher};
+use loanflow_platform::broker::{self, step_queue, Batch, BrokerError, Disposition, Publisher};
 use loanflow_platform::db::{self, blocking, inbox, DbError, PgPool};
 use loanflow_platform::health::{self, Health};
 use loanflow_platform::settings::LevelsSettings;
@@ -87,9 +88,9 @@ pub async fn start(
     let listen = settings.levels.health_listen.clone();
     let health_addr =
         health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Listen(listen, e))?;
-    tasks.spawn(broker::consume(settings, step_queue(name), consuming, shutdown, move |incoming, publisher| {
+    tasks.spawn(broker::consume(settings, step_queue(name), consuming, shutdown, move |batch, publisher| {
         let level = level.clone();
-        async move { level.handle(incoming, publisher).await }
+        async move { level.handle_batch(batch, publisher).await }
     }));
     tracing::info!(level = name, health = %health_addr, "level started");
     Ok((Running::new(Some(health_addr), tasks), stats))
@@ -141,25 +142,241 @@ struct ScoreBody {
     score: u16,
 }
 
+/// One work item of a batch, on its way through [`Level::handle_batch`].
+struct Item {
+    /// Its place in the batch (and in the answer).
+    index: usize,
+    reference: Reference,
+    message_id: uuid::Uuid,
+    work: WorkItem,
+    last_attempt: bool,
+}
+
+/// What each item's rule came to, ready to be written and announced.
+struct Outcomes {
+    /// Events to announce, confirmed before any work is forwarded: the status never
+    /// shows a later step, or `approved`, ahead of the decision that allowed it.
+    events: Vec<(Reference, StatusEvent)>,
+    /// Approved items, forwarded to the next step of their slip.
+    forwards: Vec<(Reference, WorkItem)>,
+    /// Applications that wait for a person, stored before they are announced.
+    waiting: Vec<(String, serde_json::Value)>,
+}
+
 impl Level {
-    async fn handle(&self, incoming: Incoming, publisher: Publisher) -> Disposition {
-        let envelope = match Envelope::<WorkMessage>::decode(&incoming.data) {
-            Ok(e) => e,
-            Err(e) => return Disposition::DeadLetter(e.to_string()),
-        };
-        let (reference, message_id) = (envelope.reference, envelope.message_id);
-        let Some(_claim) = InFlight::claim(&self.in_flight, message_id) else {
-            return Disposition::Retry("the same message is being handled already".into());
-        };
-        let (result, decided_so_far) = match envelope.body {
-            WorkMessage::V1(work) => {
-                let decided = work.decisions.len();
-                (self.process(&reference, message_id, work, &publisher).await, Some(decided))
+    /// Handles a delivery batch: one inbox look-up and one inbox record for the whole
+    /// batch, the rules applied concurrently (credit asks the bureau for every item at
+    /// once, each call with its own timeout), every outgoing message sent before any
+    /// confirm is awaited. Each item still gets its own disposition.
+    async fn handle_batch(&self, batch: Batch, publisher: Publisher) -> Vec<Disposition> {
+        let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
+        let mut items = Vec::new();
+        let mut claims = Vec::new();
+        let mut approvals = Vec::new();
+        for (index, incoming) in batch.iter().enumerate() {
+            let envelope = match Envelope::<WorkMessage>::decode(&incoming.data) {
+                Ok(e) => e,
+                Err(e) => {
+                    answers[index] = Some(Disposition::DeadLetter(e.to_string()));
+                    continue;
+                }
+            };
+            let (reference, message_id) = (envelope.reference, envelope.message_id);
+            // Also catches the same message twice in one batch.
+            let Some(claim) = InFlight::claim(&self.in_flight, message_id) else {
+                answers[index] = Some(Disposition::Retry("the same message is being handled already".into()));
+                continue;
+            };
+            claims.push(claim);
+            match envelope.body {
+                WorkMessage::V1(work) if work.slip.current() != Some(self.name.as_str()) => {
+                    let why = format!("message for step {:?} reached level {:?}", work.slip.current(), self.name);
+                    answers[index] = Some(Disposition::DeadLetter(why));
+                }
+                WorkMessage::V1(work) => {
+                    items.push(Item { index, reference, message_id, work, last_attempt: incoming.is_last_attempt() })
+                }
+                WorkMessage::ApprovalV1(decision) => approvals.push((index, reference, message_id, decision)),
             }
-            WorkMessage::ApprovalV1(decision) => {
-                (self.process_approval(&reference, message_id, decision, &publisher).await, None)
+        }
+        for (index, reference, message_id, decision) in approvals {
+            let result = self.process_approval(&reference, message_id, decision, &publisher).await;
+            answers[index] = Some(self.disposition(result, &reference, false, None, &publisher).await);
+        }
+        if !items.is_empty() {
+            for (index, answer) in self.process_items(items, &publisher).await {
+                answers[index] = Some(answer);
+            }
+        }
+        drop(claims);
+        answers.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect()
+    }
+
+    /// Work items through the inbox, the rule, the writes and the announcements.
+    async fn process_items(&self, items: Vec<Item>, publisher: &Publisher) -> Vec<(usize, Disposition)> {
+        let ids: Vec<uuid::Uuid> = items.iter().map(|i| i.message_id).collect();
+        let seen = match blocking(&self.pool, move |conn| inbox::seen_any(conn, &ids)).await {
+            Ok(seen) => seen,
+            Err(e) => return self.all_failed(items, StepError::Db(e), publisher).await,
+        };
+        let (duplicates, mut fresh): (Vec<Item>, Vec<Item>) =
+            items.into_iter().partition(|item| seen.contains(&item.message_id));
+        let mut answers: Vec<(usize, Disposition)> = duplicates
+            .into_iter()
+            .map(|item| {
+                tracing::info!(level = %self.name, reference = %item.reference, "duplicate delivery ignored");
+                (item.index, Disposition::Ack)
+            })
+            .collect();
+
+        let steps = join_all(fresh.iter_mut().map(|item| self.rule.decide(&mut item.work))).await;
+        let mut outcomes = Outcomes { events: Vec::new(), forwards: Vec::new(), waiting: Vec::new() };
+        let mut decided = Vec::new();
+        for (item, step) in fresh.into_iter().zip(steps) {
+            match step {
+                Ok(step) => match self.outcome(item.reference.clone(), item.work, step, &mut outcomes) {
+                    Ok(()) => decided.push((item.index, item.message_id)),
+                    Err(e) => answers.push((item.index, Disposition::DeadLetter(e.to_string()))),
+                },
+                Err(e) => {
+                    let decided_so_far = Some(item.work.decisions.len());
+                    let answer =
+                        self.disposition(Err(e), &item.reference, item.last_attempt, decided_so_far, publisher).await;
+                    answers.push((item.index, answer));
+                }
+            }
+        }
+        let written = self.write_and_announce(outcomes, publisher).await;
+        let result = match written {
+            Ok(()) => {
+                // Recorded only once everything above is committed and confirmed: a crash
+                // before this redelivers the batch and the steps are done again, with the
+                // same message ids, which the next consumers recognise.
+                let ids: Vec<uuid::Uuid> = decided.iter().map(|(_, id)| *id).collect();
+                blocking(&self.pool, move |conn| inbox::record_all(conn, &ids)).await.map_err(StepError::Db)
+            }
+            Err(e) => Err(e),
+        };
+        let answer = match result {
+            Ok(()) => {
+                self.stats.decided.fetch_add(decided.len() as u64, Ordering::Relaxed);
+                Disposition::Ack
+            }
+            Err(StepError::Broker(e)) => {
+                // The connection is likely gone; the deliveries come back when it returns.
+                tracing::warn!(error = %e, "outgoing messages not confirmed");
+                Disposition::Requeue
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "batch not completed");
+                Disposition::Retry(e.to_string())
             }
         };
+        answers.extend(decided.into_iter().map(|(index, _)| (index, answer.clone())));
+        answers
+    }
+
+    /// Adds what one item's step came to.
+    fn outcome(
+        &self,
+        reference: Reference,
+        mut work: WorkItem,
+        step: Step,
+        outcomes: &mut Outcomes,
+    ) -> Result<(), StepError> {
+        let now = Utc::now();
+        match step {
+            Step::AwaitApprover => {
+                let row = serde_json::to_value(&work).map_err(|e| StepError::Misrouted(e.to_string()))?;
+                outcomes.waiting.push((reference.as_str().to_owned(), row));
+                let event = StatusEvent {
+                    score: work.score,
+                    ..StatusEvent::progress(
+                        work.decisions.len(),
+                        Status::AwaitingApprover,
+                        Some(self.name.clone()),
+                        now,
+                    )
+                };
+                tracing::info!(level = %self.name, %reference, "waiting for an approver");
+                outcomes.events.push((reference, event));
+            }
+            Step::Decided(verdict) => {
+                let decision = Decision {
+                    level: self.name.clone(),
+                    outcome: verdict.outcome,
+                    reason: verdict.reason,
+                    decided_by: DecidedBy::Auto,
+                    decided_at: now,
+                };
+                let (event, next) = Self::decided(&mut work, decision);
+                tracing::info!(level = %self.name, %reference, outcome = verdict.outcome.as_str(), "decided");
+                if let Some(slip) = next {
+                    work.slip = slip;
+                    outcomes.forwards.push((reference.clone(), work));
+                }
+                outcomes.events.push((reference, event));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the waiting applications (one statement), then announces every event and
+    /// waits for their confirms once, then forwards every approved item and waits once.
+    async fn write_and_announce(&self, outcomes: Outcomes, publisher: &Publisher) -> Result<(), StepError> {
+        let Outcomes { events, forwards, waiting } = outcomes;
+        if !waiting.is_empty() {
+            blocking(&self.pool, move |conn| {
+                let rows: Vec<_> = waiting
+                    .into_iter()
+                    .map(|(key, row)| (schema::waiting::reference.eq(key), schema::waiting::work.eq(row)))
+                    .collect();
+                diesel::insert_into(schema::waiting::table)
+                    .values(rows)
+                    .on_conflict_do_nothing()
+                    .execute(conn)
+                    .map_err(DbError::from)
+            })
+            .await?;
+        }
+        let mut confirms = Vec::with_capacity(events.len());
+        for (reference, event) in events {
+            confirms.push(broker::start_status(publisher, &reference, event).await?);
+        }
+        broker::confirmed(confirms).await?;
+        let mut confirms = Vec::with_capacity(forwards.len());
+        for (reference, work) in forwards {
+            confirms.push(broker::start_work(publisher, &reference, work).await?);
+        }
+        broker::confirmed(confirms).await?;
+        Ok(())
+    }
+
+    /// Every item failed alike (the inbox could not be read).
+    async fn all_failed(&self, items: Vec<Item>, e: StepError, publisher: &Publisher) -> Vec<(usize, Disposition)> {
+        tracing::warn!(error = %e, "batch not started");
+        let mut answers = Vec::with_capacity(items.len());
+        for item in items {
+            let retry = Disposition::Retry(e.to_string());
+            if item.last_attempt {
+                self.announce_failure(&item.reference, item.work.decisions.len(), publisher).await;
+            }
+            answers.push((item.index, retry));
+        }
+        answers
+    }
+
+    /// The disposition of one item's result. A work item that fails on its last attempt
+    /// is announced `failed` (`decided_so_far` is its decisions so far; `None` for an
+    /// approver's decision, which has no retry budget of its own to announce).
+    async fn disposition(
+        &self,
+        result: Result<(), StepError>,
+        reference: &Reference,
+        last_attempt: bool,
+        decided_so_far: Option<usize>,
+        publisher: &Publisher,
+    ) -> Disposition {
         match result {
             Ok(()) => Disposition::Ack,
             Err(StepError::Misrouted(why)) => Disposition::DeadLetter(why),
@@ -169,9 +386,9 @@ impl Level {
                 Disposition::Requeue
             }
             Err(e) => {
-                tracing::warn!(error = %e, "step not completed");
-                if let (true, Some(decided)) = (incoming.is_last_attempt(), decided_so_far) {
-                    self.announce_failure(&reference, decided, &publisher).await;
+                tracing::warn!(error = %e, %reference, "step not completed");
+                if let (true, Some(decided)) = (last_attempt, decided_so_far) {
+                    self.announce_failure(reference, decided, publisher).await;
                 }
                 Disposition::Retry(e.to_string())
             }
@@ -187,63 +404,18 @@ impl Level {
         }
     }
 
-    async fn process(
-        &self,
-        reference: &Reference,
-        message_id: uuid::Uuid,
-        mut work: WorkItem,
-        publisher: &Publisher,
-    ) -> Result<(), StepError> {
-        if work.slip.current() != Some(self.name.as_str()) {
-            return Err(StepError::Misrouted(format!(
-                "message for step {:?} reached level {:?}",
-                work.slip.current(),
-                self.name
-            )));
-        }
-        if blocking(&self.pool, move |conn| inbox::seen(conn, message_id)).await? {
-            tracing::info!(level = %self.name, "duplicate delivery ignored");
-            return Ok(());
-        }
-        let step = self.rule.decide(&mut work).await?;
-        let now = Utc::now();
-        match step {
-            Step::AwaitApprover => {
-                let row = serde_json::to_value(&work).map_err(|e| StepError::Misrouted(e.to_string()))?;
-                let key = reference.as_str().to_owned();
-                blocking(&self.pool, move |conn| {
-                    diesel::insert_into(schema::waiting::table)
-                        .values((schema::waiting::reference.eq(key), schema::waiting::work.eq(row)))
-                        .on_conflict_do_nothing()
-                        .execute(conn)
-                        .map_err(DbError::from)
-                })
-                .await?;
-                let waiting = Status::AwaitingApprover;
-                let event = StatusEvent {
-                    score: work.score,
-                    ..StatusEvent::progress(work.decisions.len(), waiting, Some(self.name.clone()), now)
-                };
-                broker::send_status(publisher, reference, event).await?;
-                tracing::info!(level = %self.name, "waiting for an approver");
-            }
-            Step::Decided(verdict) => {
-                let decision = Decision {
-                    level: self.name.clone(),
-                    outcome: verdict.outcome,
-                    reason: verdict.reason,
-                    decided_by: DecidedBy::Auto,
-                    decided_at: now,
-                };
-                self.apply_decision(reference, work, decision, publisher).await?;
-            }
-        }
-        // Recorded only once everything above is committed and confirmed: a crash
-        // before this line redelivers the message and the step is done again, with
-        // the same message ids, which the next consumers recognise.
-        blocking(&self.pool, move |conn| inbox::record(conn, message_id)).await?;
-        self.stats.decided.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+    /// Records a decision on the work item; the event announcing it, and the slip the
+    /// item goes on with (none: the chain ends here).
+    fn decided(work: &mut WorkItem, decision: Decision) -> (StatusEvent, Option<RoutingSlip>) {
+        let outcome = decision.outcome;
+        work.decisions.push(decision.clone());
+        let next = match outcome {
+            Outcome::Approved => work.slip.advanced(),
+            Outcome::Rejected => None,
+        };
+        let status = if next.is_some() { Status::InReview } else { Status::Rejected };
+        let current_level = next.as_ref().and_then(|s| s.current_level().map(str::to_owned));
+        (StatusEvent::decided(decision, work.decisions.len(), status, current_level), next)
     }
 
     /// Announces a decision and, on approval, forwards the application to the next
@@ -256,14 +428,7 @@ impl Level {
         publisher: &Publisher,
     ) -> Result<(), StepError> {
         let outcome = decision.outcome;
-        work.decisions.push(decision.clone());
-        let next = match outcome {
-            Outcome::Approved => work.slip.advanced(),
-            Outcome::Rejected => None,
-        };
-        let status = if next.is_some() { Status::InReview } else { Status::Rejected };
-        let current_level = next.as_ref().and_then(|s| s.current_level().map(str::to_owned));
-        let event = StatusEvent::decided(decision, work.decisions.len(), status, current_level);
+        let (event, next) = Self::decided(&mut work, decision);
         match next {
             Some(slip) => {
                 work.slip = slip;

@@ -5,7 +5,12 @@
 //! `search_path` set to the service's schema, so the generated `schema.rs` stays
 //! unqualified and the same migrations serve production and every test's fresh schema.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use diesel::connection::{Connection as _, InstrumentationEvent};
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
@@ -40,14 +45,57 @@ pub fn is_identifier(s: &str) -> bool {
         && s.len() <= 63
 }
 
+/// Statements and transactions every connection of a schema's pools has run: what a
+/// test asserts on so that a later change cannot quietly undo the batching.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    statements: Arc<AtomicU64>,
+    transactions: Arc<AtomicU64>,
+}
+
+impl Counters {
+    /// The counters of every pool bound to `schema` in this process.
+    pub fn of(schema: &str) -> Counters {
+        static ALL: OnceLock<Mutex<HashMap<String, Counters>>> = OnceLock::new();
+        let all = ALL.get_or_init(Default::default);
+        let mut all = all.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        all.entry(schema.to_owned()).or_default().clone()
+    }
+
+    /// Statements sent (a `BEGIN` and a `COMMIT` count too: each is a round trip).
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    /// Transactions opened explicitly (each autocommit statement is one more).
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    fn instrument(&self, conn: &mut PgConnection) {
+        let (statements, transactions) = (self.statements.clone(), self.transactions.clone());
+        conn.set_instrumentation(move |event: InstrumentationEvent<'_>| match event {
+            InstrumentationEvent::StartQuery { .. } => {
+                statements.fetch_add(1, Ordering::Relaxed);
+            }
+            InstrumentationEvent::BeginTransaction { depth, .. } if depth.get() == 1 => {
+                transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        });
+    }
+}
+
 #[derive(Debug)]
 struct SessionSetup {
     schema: String,
     statement_timeout_ms: u64,
+    counters: Counters,
 }
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionSetup {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        self.counters.instrument(conn);
         conn.batch_execute(&format!(
             "SET search_path TO \"{}\"; SET statement_timeout = {}; SET TIME ZONE 'UTC';",
             self.schema, self.statement_timeout_ms
@@ -70,6 +118,7 @@ pub fn pool(settings: &DatabaseSettings) -> PgPool {
         .connection_customizer(Box::new(SessionSetup {
             schema: settings.schema.clone(),
             statement_timeout_ms: settings.statement_timeout_ms,
+            counters: Counters::of(&settings.schema),
         }))
         .build_unchecked(ConnectionManager::new(&settings.url))
 }
@@ -120,11 +169,45 @@ where
 /// The inbox every consuming service keeps (`processed_messages`, created by its own
 /// migrations): ids of the messages it has fully handled.
 pub mod inbox {
+    use std::collections::HashSet;
+
     use diesel::prelude::*;
     use diesel::sql_types::Uuid as SqlUuid;
     use uuid::Uuid;
 
     use super::DbError;
+
+    diesel::table! {
+        processed_messages (message_id) {
+            message_id -> Uuid,
+        }
+    }
+
+    /// Which of `ids` were fully handled before: one statement for a whole batch.
+    pub fn seen_any(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashSet<Uuid>, DbError> {
+        use processed_messages::dsl;
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let found: Vec<Uuid> =
+            dsl::processed_messages.filter(dsl::message_id.eq_any(ids)).select(dsl::message_id).load(conn)?;
+        Ok(found.into_iter().collect())
+    }
+
+    /// Records `ids` as handled: one statement for a whole batch. Keys are sorted so
+    /// that concurrent batches lock rows in the same order and cannot deadlock.
+    pub fn record_all(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), DbError> {
+        use processed_messages::dsl;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let rows: Vec<_> = sorted.into_iter().map(|id| dsl::message_id.eq(id)).collect();
+        diesel::insert_into(dsl::processed_messages).values(rows).on_conflict_do_nothing().execute(conn)?;
+        Ok(())
+    }
 
     pub fn seen(conn: &mut PgConnection, message_id: Uuid) -> Result<bool, DbError> {
         let found = diesel::sql_query("SELECT 1 FROM processed_messages WHERE message_id = $1")

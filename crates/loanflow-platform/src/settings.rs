@@ -57,6 +57,13 @@ pub struct BrokerSettings {
     /// I/O (the bureau); too high lets one instance hoard work another could do and
     /// makes a crash redeliver more.
     pub prefetch: u16,
+    /// The most deliveries one batch takes. Batches are what the channel has buffered
+    /// (no timer), so this only caps them under heavy load: too low gives up the
+    /// savings of batching; too high makes one failing database write delay more work.
+    pub batch_max: u16,
+    /// Batches of one consumer handled at once. 1 serialises every round trip; more
+    /// overlap one batch's database and broker waits with the next one's work.
+    pub batch_concurrency: u16,
     /// Quorum queues only: deliveries of one message before the broker dead-letters it,
     /// the last guard against a message that crashes its consumer every time.
     pub delivery_limit: u32,

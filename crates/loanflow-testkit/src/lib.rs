@@ -354,16 +354,27 @@ impl TestSystem {
         queue.message_count()
     }
 
-    /// Rows in one of this test's tables, e.g. `count("ledger", "loans", None)`.
-    pub async fn count(&self, service: &str, table: &str, reference: Option<&str>) -> i64 {
-        let schema = match service {
+    /// The schema a service of this test owns (`"intake"`, `"ledger"`, or a level's name).
+    pub fn schema(&self, service: &str) -> String {
+        match service {
             "intake" => self.settings.intake.database.schema.clone(),
             "ledger" => self.settings.ledger.database.schema.clone(),
             level => format!("{}{level}", self.settings.levels.database.schema),
-        };
-        let filter = reference.map(|r| format!(" WHERE reference = '{}'", r.replace('\'', ""))).unwrap_or_default();
-        let sql = format!("SELECT count(*) AS n FROM \"{schema}\".\"{table}\"{filter}");
-        count_rows(sql).await
+        }
+    }
+
+    /// Rows in one of this test's tables, e.g. `count("ledger", "loans", None)`.
+    pub async fn count(&self, service: &str, table: &str, reference: Option<&str>) -> i64 {
+        let filter = reference.map(|r| format!("reference = '{}'", r.replace('\'', ""))).unwrap_or_default();
+        self.count_matching(service, table, &filter).await
+    }
+
+    /// Rows of one of this test's tables that match an SQL condition (a literal the
+    /// test writes; empty: every row).
+    pub async fn count_matching(&self, service: &str, table: &str, condition: &str) -> i64 {
+        let schema = self.schema(service);
+        let filter = if condition.is_empty() { String::new() } else { format!(" WHERE {condition}") };
+        count_rows(format!("SELECT count(*) AS n FROM \"{schema}\".\"{table}\"{filter}")).await
     }
 
     /// Starts recording every status event published in this test's vhost.

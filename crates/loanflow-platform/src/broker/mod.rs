@@ -20,21 +20,21 @@
 use std::future::Future;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info_span, Instrument};
 use uuid::Uuid;
 
-use crate::health::Flag;
-use crate::settings::{BrokerSettings, QueueType, RetrySettings, Settings};
+use crate::settings::{BrokerSettings, QueueType, Settings};
+
+mod consumer;
+mod watermark;
+
+pub use consumer::{consume, Batch};
+pub use watermark::Watermark;
 
 pub const WORK_EXCHANGE: &str = "loanflow.work";
 pub const STATUS_EXCHANGE: &str = "loanflow.status";
@@ -357,202 +357,8 @@ pub(crate) fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64
     }
 }
 
-/// Consumes `queue` until `shutdown`, reconnecting (with backoff) and redeclaring the
-/// topology whenever the connection is lost; `health` says whether it is consuming.
-/// Each delivery is handled in its own task (at most `prefetch` at once) and settled
-/// by the handler's [`Disposition`].
-///
-/// On shutdown it cancels the consumer first (no new deliveries), lets the handlers in
-/// progress finish and settle, then closes the connection: nothing held is lost, and
-/// anything not yet acked is redelivered by the broker.
-pub async fn consume<F, Fut>(settings: Settings, queue: String, health: Flag, shutdown: CancellationToken, handler: F)
-where
-    F: Fn(Incoming, Publisher) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Disposition> + Send + 'static,
-{
-    let topology = Topology::new(&settings);
-    let mut backoff = Backoff::new(&settings.broker);
-    loop {
-        let Some(conn) = connect_with_backoff(&settings.broker, &shutdown).await else { return };
-        let session = Session { settings: &settings, topology: &topology, conn: &conn, queue: &queue, health: &health };
-        let result = session.run(&shutdown, handler.clone(), &mut backoff).await;
-        health.set(false);
-        let _ = conn.close(200, "bye".into()).await;
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(%queue, error = %e, retry_in_ms = wait.as_millis() as u64, "consumer lost its connection");
-                if !pause_unless_stopped(wait, &shutdown).await {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// One connection's worth of consuming.
-struct Session<'a> {
-    settings: &'a Settings,
-    topology: &'a Topology,
-    conn: &'a Connection,
-    queue: &'a str,
-    health: &'a Flag,
-}
-
-impl Session<'_> {
-    async fn run<F, Fut>(
-        &self,
-        shutdown: &CancellationToken,
-        handler: F,
-        backoff: &mut Backoff,
-    ) -> Result<(), BrokerError>
-    where
-        F: Fn(Incoming, Publisher) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Disposition> + Send + 'static,
-    {
-        let queue = self.queue;
-        let channel = self.conn.create_channel().await?;
-        self.topology.declare(&channel).await?;
-        let publisher = Publisher::open(self.conn).await?;
-        channel.basic_qos(self.settings.broker.prefetch, BasicQosOptions::default()).await?;
-        let tag = format!("{queue}.{}", Uuid::new_v4().simple());
-        // no_ack = false (the default): a delivery is ours until we ack it.
-        let mut consumer = channel
-            .basic_consume(queue.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
-        tracing::info!(%queue, "consuming");
-        self.health.set(true);
-        backoff.reset();
-        let tracker = TaskTracker::new();
-        let mut check = tokio::time::interval(CONNECTION_CHECK);
-        let outcome = loop {
-            tokio::select! {
-                () = shutdown.cancelled() => {
-                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                    break Ok(());
-                }
-                _ = check.tick() => {
-                    if !self.conn.status().connected() {
-                        break Err(BrokerError::ConnectionLost);
-                    }
-                }
-                next = consumer.next() => match next {
-                    None => break Err(BrokerError::ConsumerEnded),
-                    Some(Err(e)) => break Err(e.into()),
-                    Some(Ok(delivery)) => {
-                        let handler = handler.clone();
-                        let publisher = publisher.clone();
-                        let queue = queue.to_owned();
-                        let retry = self.settings.retry.clone();
-                        tracker.spawn(async move { settle(delivery, &queue, &retry, handler, publisher).await });
-                    }
-                }
-            }
-        };
-        tracker.close();
-        if outcome.is_ok() {
-            // A clean stop: every handler finishes and settles what it holds.
-            tracker.wait().await;
-        } else if tokio::time::timeout(ABANDON_AFTER, tracker.wait()).await.is_err() {
-            tracing::warn!(%queue, "handlers still running after the connection was lost; reconnecting anyway");
-        }
-        // Close channels explicitly (lapin would close them on drop, racing the
-        // connection's close) so that a clean stop logs no error.
-        drop(consumer);
-        publisher.close().await;
-        let _ = channel.close(200, "bye".into()).await;
-        outcome
-    }
-}
-
-async fn settle<F, Fut>(delivery: Delivery, queue: &str, retry: &RetrySettings, handler: F, publisher: Publisher)
-where
-    F: Fn(Incoming, Publisher) -> Fut,
-    Fut: Future<Output = Disposition>,
-{
-    let reference = header_string(&delivery.properties, REFERENCE_HEADER);
-    let attempts = header_u64(&delivery.properties, ATTEMPTS_HEADER).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
-    let span = info_span!("delivery", %queue, reference = reference.as_deref().unwrap_or("-"), attempts);
-    async {
-        let incoming = Incoming {
-            data: delivery.data.clone(),
-            reference,
-            redelivered: delivery.redelivered,
-            attempts,
-            max_attempts: retry.max_attempts,
-        };
-        let last_attempt = incoming.is_last_attempt();
-        let disposition = handler(incoming, publisher.clone()).await;
-        let moved_on = match &disposition {
-            Disposition::Ack => Ok(true),
-            Disposition::Requeue => Ok(false),
-            Disposition::DeadLetter(reason) => dead_letter(&publisher, &delivery, queue, reason, attempts + 1).await,
-            Disposition::Retry(reason) if last_attempt => {
-                let reason = format!("gave up after {} attempts: {reason}", attempts + 1);
-                dead_letter(&publisher, &delivery, queue, &reason, attempts + 1).await
-            }
-            Disposition::Retry(reason) => {
-                let delay = retry.delay_after(attempts + 1);
-                tracing::info!(%reason, retry_in_ms = delay, "will retry");
-                retry_later(&publisher, &delivery, queue, delay, attempts + 1).await
-            }
-        };
-        let settled = match moved_on {
-            // Handled, or safely handed on (a delay tier, the dead-letter queue).
-            Ok(true) => delivery.ack(BasicAckOptions::default()).await,
-            Ok(false) => delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await,
-            Err(e) => {
-                tracing::error!(error = %e, "could not move the message on; returning it to its queue");
-                delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
-            }
-        };
-        // `Ok(false)`: the channel this delivery came on is gone (connection lost);
-        // the broker will redeliver it, and the consumers are idempotent.
-        match settled {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(?disposition, "delivery could not be settled; it will be redelivered"),
-            Err(e) => tracing::warn!(?disposition, error = %e, "delivery could not be settled; it will be redelivered"),
-        }
-    }
-    .instrument(span)
-    .await;
-}
-
-/// Sends the message to the delay tier for `delay_ms`, from which the broker returns
-/// it to `queue`.
-async fn retry_later(
-    publisher: &Publisher,
-    delivery: &Delivery,
-    queue: &str,
-    delay_ms: u64,
-    attempts: u32,
-) -> Result<bool, BrokerError> {
-    let mut headers = FieldTable::default();
-    headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempts));
-    republish(publisher, &delivery.properties, &delivery.data, &retry_exchange(delay_ms), queue, headers).await?;
-    Ok(true)
-}
-
-async fn dead_letter(
-    publisher: &Publisher,
-    delivery: &Delivery,
-    queue: &str,
-    reason: &str,
-    attempts: u32,
-) -> Result<bool, BrokerError> {
-    tracing::warn!(%reason, "dead-lettering message");
-    let mut headers = FieldTable::default();
-    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason)));
-    headers.insert(ORIGIN_HEADER.into(), AMQPValue::LongString(LongString::from(queue)));
-    headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempts));
-    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-    headers.insert(DEAD_AT_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(now).unwrap_or(0)));
-    republish(publisher, &delivery.properties, &delivery.data, DEAD_LETTER_EXCHANGE, "", headers).await?;
-    Ok(true)
-}
-
-/// Publishes a received message again, keeping its message id and reference.
+/// Publishes a received message again, keeping its message id and reference, and
+/// waits for the confirm.
 pub(crate) async fn republish(
     publisher: &Publisher,
     properties: &BasicProperties,
@@ -561,11 +367,26 @@ pub(crate) async fn republish(
     routing_key: &str,
     headers: FieldTable,
 ) -> Result<(), BrokerError> {
+    start_republish(publisher, properties, payload, exchange, routing_key, headers).await?.await
+}
+
+/// Starts a [`republish`] and returns the wait for its confirm.
+pub(crate) async fn start_republish(
+    publisher: &Publisher,
+    properties: &BasicProperties,
+    payload: &[u8],
+    exchange: &str,
+    routing_key: &str,
+    headers: FieldTable,
+) -> Result<impl Future<Output = Result<(), BrokerError>> + Send + 'static, BrokerError> {
     let reference = header_string(properties, REFERENCE_HEADER).unwrap_or_default();
     let message_id =
         properties.message_id().as_ref().and_then(|id| Uuid::parse_str(id.as_str()).ok()).unwrap_or_else(Uuid::new_v4);
-    publisher.publish(Outgoing { exchange, routing_key, reference: &reference, message_id, payload, headers }).await
+    publisher.start(Outgoing { exchange, routing_key, reference: &reference, message_id, payload, headers }).await
 }
+
+/// The wait for one publish's confirm.
+pub type Confirm = std::pin::Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
 
 /// Publishes a status event for `reference` and waits for the broker's confirm.
 pub async fn send_status(
@@ -573,11 +394,21 @@ pub async fn send_status(
     reference: &loanflow_domain::Reference,
     event: loanflow_domain::messages::StatusEvent,
 ) -> Result<(), BrokerError> {
+    start_status(publisher, reference, event).await?.await
+}
+
+/// Starts publishing a status event; returns the wait for its confirm, so that a batch's
+/// events are all sent before any confirm is awaited.
+pub async fn start_status(
+    publisher: &Publisher,
+    reference: &loanflow_domain::Reference,
+    event: loanflow_domain::messages::StatusEvent,
+) -> Result<Confirm, BrokerError> {
     use loanflow_domain::messages::{Envelope, StatusMessage};
     let what = format!("status/{}", event.seq);
-    let envelope = Envelope::new(reference.clone(), &what, chrono_now(), StatusMessage::V1(event));
-    publisher
-        .publish(Outgoing {
+    let envelope = Envelope::new(reference.clone(), &what, chrono::Utc::now(), StatusMessage::V1(event));
+    let confirm = publisher
+        .start(Outgoing {
             exchange: STATUS_EXCHANGE,
             routing_key: "",
             reference: reference.as_str(),
@@ -585,7 +416,8 @@ pub async fn send_status(
             payload: &envelope.encode(),
             headers: FieldTable::default(),
         })
-        .await
+        .await?;
+    Ok(Box::pin(confirm))
 }
 
 /// Sends a work item to the step its slip points at, and waits for the confirm.
@@ -594,11 +426,20 @@ pub async fn send_work(
     reference: &loanflow_domain::Reference,
     item: loanflow_domain::messages::WorkItem,
 ) -> Result<(), BrokerError> {
+    start_work(publisher, reference, item).await?.await
+}
+
+/// Starts sending a work item; returns the wait for its confirm.
+pub async fn start_work(
+    publisher: &Publisher,
+    reference: &loanflow_domain::Reference,
+    item: loanflow_domain::messages::WorkItem,
+) -> Result<Confirm, BrokerError> {
     use loanflow_domain::messages::{Envelope, WorkMessage};
     let step = item.slip.current().unwrap_or_default().to_owned();
-    let envelope = Envelope::new(reference.clone(), &format!("work/{step}"), chrono_now(), WorkMessage::V1(item));
-    publisher
-        .publish(Outgoing {
+    let envelope = Envelope::new(reference.clone(), &format!("work/{step}"), chrono::Utc::now(), WorkMessage::V1(item));
+    let confirm = publisher
+        .start(Outgoing {
             exchange: WORK_EXCHANGE,
             routing_key: &step,
             reference: reference.as_str(),
@@ -606,9 +447,11 @@ pub async fn send_work(
             payload: &envelope.encode(),
             headers: FieldTable::default(),
         })
-        .await
+        .await?;
+    Ok(Box::pin(confirm))
 }
 
-fn chrono_now() -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now()
+/// Awaits every confirm; the first failure, if any.
+pub async fn confirmed(confirms: Vec<Confirm>) -> Result<(), BrokerError> {
+    futures_util::future::join_all(confirms).await.into_iter().collect()
 }

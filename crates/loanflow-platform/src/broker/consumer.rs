@@ -1,0 +1,312 @@
+//! The supervised batch consumer: consumes a queue until shutdown, reconnecting with
+//! backoff, and hands its handler *delivery batches*.
+//!
+//! A batch is what the channel has already buffered when the consumer looks
+//! (`ready_chunks`): no timer, so a lone delivery at light load is handled at once, and
+//! batches grow by themselves as load rises (MassTransit's batch consumer without its
+//! time limit). The handler answers one [`Disposition`] per item, and each item is
+//! settled on its own: a retry goes to its delay tier, a poison message to the
+//! dead-letter queue, and neither takes its batch-mates with it. The hand-offs of a
+//! batch are published together and their confirms awaited once; then everything
+//! settled is acknowledged with a single `multiple = true` ack up to the
+//! [`Watermark`], the highest tag below which nothing is still in progress.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::Acker;
+use lapin::Connection;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info_span, Instrument};
+use uuid::Uuid;
+
+use super::{
+    connect_with_backoff, header_string, header_u64, pause_unless_stopped, retry_exchange, start_republish, Backoff,
+    BrokerError, Disposition, Incoming, Publisher, Topology, ABANDON_AFTER, ATTEMPTS_HEADER, CONNECTION_CHECK,
+    DEAD_AT_HEADER, DEAD_LETTER_EXCHANGE, ORIGIN_HEADER, REASON_HEADER, REFERENCE_HEADER,
+};
+use crate::health::Flag;
+use crate::settings::{RetrySettings, Settings};
+
+/// The deliveries of one batch, as the handler sees them, in delivery order.
+pub type Batch = Vec<Incoming>;
+
+/// Consumes `queue` until `shutdown`, reconnecting (with backoff) and redeclaring the
+/// topology whenever the connection is lost; `health` says whether it is consuming.
+/// The handler gets each batch and answers one [`Disposition`] per item, in order (a
+/// missing answer counts as [`Disposition::Requeue`]). At most
+/// `broker.batch_concurrency` batches are handled at once.
+///
+/// On shutdown it cancels the consumer first (no new deliveries), lets the batches in
+/// progress finish and settle, then closes the connection: nothing held is lost, and
+/// anything not yet acked is redelivered by the broker.
+pub async fn consume<F, Fut>(settings: Settings, queue: String, health: Flag, shutdown: CancellationToken, handler: F)
+where
+    F: Fn(Batch, Publisher) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Disposition>> + Send + 'static,
+{
+    let topology = Topology::new(&settings);
+    let mut backoff = Backoff::new(&settings.broker);
+    loop {
+        let Some(conn) = connect_with_backoff(&settings.broker, &shutdown).await else { return };
+        let session = Session { settings: &settings, topology: &topology, conn: &conn, queue: &queue, health: &health };
+        let result = session.run(&shutdown, handler.clone(), &mut backoff).await;
+        health.set(false);
+        let _ = conn.close(200, "bye".into()).await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(%queue, error = %e, retry_in_ms = wait.as_millis() as u64, "consumer lost its connection");
+                if !pause_unless_stopped(wait, &shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One connection's worth of consuming.
+struct Session<'a> {
+    settings: &'a Settings,
+    topology: &'a Topology,
+    conn: &'a Connection,
+    queue: &'a str,
+    health: &'a Flag,
+}
+
+/// What every batch of one channel shares.
+struct Settler {
+    queue: String,
+    retry: RetrySettings,
+    publisher: Publisher,
+    /// Held while advancing and sending the ack, so that multiple-acks leave in tag
+    /// order (an ack for a tag a later ack already covered would close the channel).
+    watermark: Mutex<Watermark>,
+}
+
+type Watermark = super::Watermark<Acker>;
+
+impl Session<'_> {
+    async fn run<F, Fut>(
+        &self,
+        shutdown: &CancellationToken,
+        handler: F,
+        backoff: &mut Backoff,
+    ) -> Result<(), BrokerError>
+    where
+        F: Fn(Batch, Publisher) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Disposition>> + Send + 'static,
+    {
+        let queue = self.queue;
+        let broker = &self.settings.broker;
+        let channel = self.conn.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        let publisher = Publisher::open(self.conn).await?;
+        channel.basic_qos(broker.prefetch, BasicQosOptions::default()).await?;
+        let tag = format!("{queue}.{}", Uuid::new_v4().simple());
+        // no_ack = false (the default): a delivery is ours until we ack it.
+        let consumer = channel
+            .basic_consume(queue.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let mut batches = consumer.ready_chunks(usize::from(broker.batch_max.max(1)));
+        tracing::info!(%queue, "consuming");
+        self.health.set(true);
+        backoff.reset();
+        // A new channel numbers its deliveries from 1 again: a new watermark.
+        let settler = Arc::new(Settler {
+            queue: queue.to_owned(),
+            retry: self.settings.retry.clone(),
+            publisher: publisher.clone(),
+            watermark: Mutex::new(Watermark::default()),
+        });
+        let slots = Arc::new(Semaphore::new(usize::from(broker.batch_concurrency.max(1))));
+        let tracker = TaskTracker::new();
+        let mut check = tokio::time::interval(CONNECTION_CHECK);
+        let outcome = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    break Ok(());
+                }
+                _ = check.tick() => {
+                    if !self.conn.status().connected() {
+                        break Err(BrokerError::ConnectionLost);
+                    }
+                }
+                next = batches.next() => {
+                    let Some(items) = next else { break Err(BrokerError::ConsumerEnded) };
+                    let mut deliveries = Vec::with_capacity(items.len());
+                    let mut failed = None;
+                    for item in items {
+                        match item {
+                            Ok(delivery) => deliveries.push(delivery),
+                            Err(e) => failed = Some(e),
+                        }
+                    }
+                    if !deliveries.is_empty() {
+                        let mut watermark = settler.watermark.lock().await;
+                        for delivery in &deliveries {
+                            watermark.delivered(delivery.delivery_tag);
+                        }
+                        drop(watermark);
+                        // Waits while `batch_concurrency` batches are in progress; the
+                        // channel keeps buffering, so the next batch is larger.
+                        let Ok(slot) = slots.clone().acquire_owned().await else { break Ok(()) };
+                        let (handler, settler) = (handler.clone(), settler.clone());
+                        tracker.spawn(async move {
+                            settler.settle(deliveries, handler).await;
+                            drop(slot);
+                        });
+                    }
+                    if let Some(e) = failed {
+                        break Err(e.into());
+                    }
+                }
+            }
+        };
+        tracker.close();
+        if outcome.is_ok() {
+            // A clean stop: every batch finishes and settles what it holds.
+            tracker.wait().await;
+        } else if tokio::time::timeout(ABANDON_AFTER, tracker.wait()).await.is_err() {
+            tracing::warn!(%queue, "handlers still running after the connection was lost; reconnecting anyway");
+        }
+        // Close channels explicitly (lapin would close them on drop, racing the
+        // connection's close) so that a clean stop logs no error.
+        drop(batches);
+        publisher.close().await;
+        let _ = channel.close(200, "bye".into()).await;
+        outcome
+    }
+}
+
+/// What became of one item once its hand-off (if any) was confirmed.
+enum Settled {
+    /// Handled, or safely handed on (a delay tier, the dead-letter queue).
+    Done,
+    /// Back to its queue.
+    Returned,
+}
+
+impl Settler {
+    async fn settle<F, Fut>(&self, deliveries: Vec<Delivery>, handler: F)
+    where
+        F: Fn(Batch, Publisher) -> Fut,
+        Fut: Future<Output = Vec<Disposition>>,
+    {
+        let max_attempts = self.retry.max_attempts;
+        let incoming: Batch = deliveries
+            .iter()
+            .map(|d| Incoming {
+                data: d.data.clone(),
+                reference: header_string(&d.properties, REFERENCE_HEADER),
+                redelivered: d.redelivered,
+                attempts: attempts(d),
+                max_attempts,
+            })
+            .collect();
+        let span = info_span!("batch", queue = %self.queue, size = deliveries.len());
+        let mut dispositions = handler(incoming, self.publisher.clone()).instrument(span.clone()).await.into_iter();
+
+        // Hand-offs first, all of them, then one wait for their confirms.
+        let mut handoffs = Vec::new();
+        for delivery in &deliveries {
+            let disposition = dispositions.next().unwrap_or(Disposition::Requeue);
+            let reference = header_string(&delivery.properties, REFERENCE_HEADER);
+            let item = info_span!(parent: &span, "delivery", reference = reference.as_deref().unwrap_or("-"));
+            handoffs.push(self.hand_off(delivery, disposition).instrument(item));
+        }
+        let settled = join_all(handoffs).await;
+
+        let mut watermark = self.watermark.lock().await;
+        for (delivery, settled) in deliveries.iter().zip(settled) {
+            match settled {
+                Settled::Done => watermark.ready(delivery.delivery_tag, delivery.acker.clone()),
+                Settled::Returned => {
+                    let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
+                    log_unsettled(delivery.nack(requeue).await);
+                    watermark.nacked(delivery.delivery_tag);
+                }
+            }
+        }
+        if let Some((_, acker)) = watermark.advance() {
+            // `multiple`: one ack for everything settled up to here, from this batch and
+            // from batches before it that finished out of order.
+            log_unsettled(acker.ack(BasicAckOptions { multiple: true }).await);
+        }
+    }
+
+    /// Carries out one item's disposition, up to the broker's confirm of any hand-off.
+    async fn hand_off(&self, delivery: &Delivery, disposition: Disposition) -> Settled {
+        let attempts = attempts(delivery);
+        let last_attempt = attempts + 1 >= self.retry.max_attempts;
+        let moved = match &disposition {
+            Disposition::Ack => return Settled::Done,
+            Disposition::Requeue => return Settled::Returned,
+            Disposition::DeadLetter(reason) => self.dead_letter(delivery, reason, attempts + 1).await,
+            Disposition::Retry(reason) if last_attempt => {
+                let reason = format!("gave up after {} attempts: {reason}", attempts + 1);
+                self.dead_letter(delivery, &reason, attempts + 1).await
+            }
+            Disposition::Retry(reason) => {
+                let delay = self.retry.delay_after(attempts + 1);
+                tracing::info!(%reason, retry_in_ms = delay, "will retry");
+                let mut headers = FieldTable::default();
+                headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempts + 1));
+                self.republish(delivery, &retry_exchange(delay), &self.queue, headers).await
+            }
+        };
+        match moved {
+            Ok(()) => Settled::Done,
+            Err(e) => {
+                tracing::error!(error = %e, "could not move the message on; returning it to its queue");
+                Settled::Returned
+            }
+        }
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str, attempts: u32) -> Result<(), BrokerError> {
+        tracing::warn!(%reason, "dead-lettering message");
+        let mut headers = FieldTable::default();
+        headers.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason)));
+        headers.insert(ORIGIN_HEADER.into(), AMQPValue::LongString(LongString::from(self.queue.as_str())));
+        headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempts));
+        headers.insert(DEAD_AT_HEADER.into(), AMQPValue::LongLongInt(chrono::Utc::now().timestamp()));
+        self.republish(delivery, DEAD_LETTER_EXCHANGE, "", headers).await
+    }
+
+    async fn republish(
+        &self,
+        delivery: &Delivery,
+        exchange: &str,
+        routing_key: &str,
+        headers: FieldTable,
+    ) -> Result<(), BrokerError> {
+        start_republish(&self.publisher, &delivery.properties, &delivery.data, exchange, routing_key, headers)
+            .await?
+            .await
+    }
+}
+
+/// Attempts already made at a delivery's message (0 on its first delivery).
+fn attempts(delivery: &Delivery) -> u32 {
+    header_u64(&delivery.properties, ATTEMPTS_HEADER).and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
+}
+
+/// `Ok(false)` or an error: the channel the delivery came on is gone (the connection
+/// was lost); the broker redelivers it, and every consumer is idempotent.
+fn log_unsettled(result: Result<bool, lapin::Error>) {
+    match result {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("delivery could not be settled; it will be redelivered"),
+        Err(e) => tracing::warn!(error = %e, "delivery could not be settled; it will be redelivered"),
+    }
+}

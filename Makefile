@@ -1,6 +1,8 @@
 # loanflow: `make run` starts everything, `make test` checks everything.
 CARGO ?= cargo
-BIN := target/debug/loanflow
+# `make run` is how a new user first judges the system's speed: an optimised build.
+# (`make test` builds its own, in debug.)
+BIN := target/release/loanflow
 
 .PHONY: run test prepare build migrate lint fmt schema schema-check screenshots simulate bench
 
@@ -18,7 +20,7 @@ prepare:
 	@deploy/prepare.sh
 
 build:
-	$(CARGO) build --bin loanflow
+	$(CARGO) build --release --bin loanflow
 
 migrate: build
 	@$(BIN) migrate

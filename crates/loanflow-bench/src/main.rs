@@ -87,9 +87,11 @@ async fn tap(amqp: &str) -> anyhow::Result<(Arc<Mutex<Finals>>, Connection)> {
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             if let Ok(env) = Envelope::<StatusMessage>::decode(&delivery.data) {
-                let StatusMessage::V1(event) = env.body;
-                if event.status.is_final() {
-                    sink.lock().expect("finals").at.entry(env.reference.to_string()).or_insert_with(Instant::now);
+                let mut sink = sink.lock().expect("finals");
+                for (reference, event) in env.body.into_events(env.reference) {
+                    if event.status.is_final() {
+                        sink.at.entry(reference.to_string()).or_insert_with(Instant::now);
+                    }
                 }
             }
         }

@@ -210,6 +210,29 @@ impl StatusEvent {
 pub enum StatusMessage {
     #[serde(rename = "loan.status.v1")]
     V1(StatusEvent),
+    /// The events one delivery batch of a service produced, for several applications,
+    /// in one message: one publish and one confirm per batch instead of per event. The
+    /// envelope's reference is the first event's.
+    #[serde(rename = "loan.status.batch.v1")]
+    BatchV1(Vec<ReferencedStatus>),
+}
+
+/// One application's event inside a [`StatusMessage::BatchV1`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferencedStatus {
+    pub reference: Reference,
+    pub event: StatusEvent,
+}
+
+impl StatusMessage {
+    /// Every event the message carries, with its application (`reference` is the
+    /// envelope's, which a single event belongs to).
+    pub fn into_events(self, reference: Reference) -> Vec<(Reference, StatusEvent)> {
+        match self {
+            StatusMessage::V1(event) => vec![(reference, event)],
+            StatusMessage::BatchV1(events) => events.into_iter().map(|r| (r.reference, r.event)).collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +263,22 @@ mod tests {
         assert_eq!(json["type"], "loan.status.v1");
         assert_eq!(json["reference"], reference().as_str());
         assert_eq!(Envelope::<StatusMessage>::decode(&bytes).unwrap(), env);
+    }
+
+    #[test]
+    fn a_status_batch_round_trips_and_yields_each_event_with_its_reference() {
+        let other = Reference::from_random([8; crate::reference::RANDOM_BYTES]);
+        let batch = StatusMessage::BatchV1(vec![
+            ReferencedStatus { reference: reference(), event: event() },
+            ReferencedStatus { reference: other.clone(), event: event() },
+        ]);
+        let env = Envelope::new(reference(), "status-batch", event().occurred_at, batch);
+        let bytes = env.encode();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["type"], "loan.status.batch.v1");
+        let decoded = Envelope::<StatusMessage>::decode(&bytes).unwrap();
+        let events = decoded.body.into_events(decoded.reference);
+        assert_eq!(events.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), [reference(), other]);
     }
 
     #[test]

@@ -17,12 +17,13 @@ use crate::store::{self, Applied};
 
 pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
     let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
+    // A message may carry the events of a whole batch of another service: each event
+    // remembers the delivery it came in.
     let mut events: Vec<(usize, Reference, StatusEvent)> = Vec::with_capacity(batch.len());
     for (index, incoming) in batch.iter().enumerate() {
         match Envelope::<StatusMessage>::decode(&incoming.data) {
             Ok(envelope) => {
-                let StatusMessage::V1(event) = envelope.body;
-                events.push((index, envelope.reference, event));
+                events.extend(envelope.body.into_events(envelope.reference).into_iter().map(|(r, e)| (index, r, e)));
             }
             Err(e) => answers[index] = Some(Disposition::DeadLetter(e.to_string())),
         }
@@ -48,13 +49,26 @@ pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
     .await;
     match applied {
         Ok(applied) => {
+            // A delivery's answer is the worst of its events': a failure retries it
+            // (the events applied already are skipped by their sequence numbers), and
+            // it is dead-lettered only if none of its events belongs to a known
+            // application.
+            let mut known = vec![false; answers.len()];
+            let mut failed: Vec<Option<String>> = vec![None; answers.len()];
             for (index, applied) in applied {
-                answers[index] = Some(match applied {
-                    Ok(Applied::Advanced | Applied::Unchanged) => Disposition::Ack,
+                match applied {
+                    Ok(Applied::Advanced | Applied::Unchanged) => known[index] = true,
                     Ok(Applied::UnknownReference) => {
-                        Disposition::DeadLetter("status event for an unknown reference".into())
+                        tracing::warn!("status event for an unknown reference");
                     }
-                    Err(e) => Disposition::Retry(e.to_string()),
+                    Err(e) => failed[index] = Some(e.to_string()),
+                }
+            }
+            for (index, answer) in answers.iter_mut().enumerate().filter(|(_, a)| a.is_none()) {
+                *answer = Some(match (&failed[index], known[index]) {
+                    (Some(e), _) => Disposition::Retry(e.clone()),
+                    (None, true) => Disposition::Ack,
+                    (None, false) => Disposition::DeadLetter("status event for an unknown reference".into()),
                 });
             }
         }

@@ -56,7 +56,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
 }
 
 /// Books a delivery batch: every checked loan in one statement, then every `approved`
-/// event sent before one wait for their confirms. The `loans` primary key makes a
+/// event in one status message, confirmed once. The `loans` primary key makes a
 /// redelivered booking a no-op, so the ledger needs no inbox of its own.
 async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publisher: Publisher) -> Vec<Disposition> {
     let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
@@ -99,9 +99,8 @@ async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publ
             return answers.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect();
         }
     };
-    let mut confirms = Vec::new();
+    let mut events = Vec::new();
     let mut announced = Vec::new();
-    let mut all_sent = true;
     for ((index, reference, work, _), booking) in loans.into_iter().zip(bookings) {
         match booking {
             Booking::New => tracing::info!(%reference, "loan booked"),
@@ -118,18 +117,16 @@ async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publ
             offer: work.offer.clone(),
             ..StatusEvent::progress(work.decisions.len(), Status::Approved, None, Utc::now())
         };
-        match broker::start_status(&publisher, &reference, event).await {
-            Ok(confirm) => confirms.push(confirm),
-            Err(e) => {
-                tracing::warn!(error = %e, "booked, but the status could not be sent");
-                all_sent = false;
-            }
-        }
+        events.push((reference, event));
         announced.push(index);
     }
-    let answer = match broker::confirmed(confirms).await {
-        Ok(()) if all_sent => Disposition::Ack,
-        Ok(()) => Disposition::Requeue,
+    let sent = match broker::start_statuses(&publisher, events).await {
+        Ok(Some(confirm)) => confirm.await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    let answer = match sent {
+        Ok(()) => Disposition::Ack,
         Err(e) => {
             tracing::warn!(error = %e, "booked, but the status was not confirmed");
             Disposition::Requeue

@@ -339,11 +339,9 @@ impl Level {
             })
             .await?;
         }
-        let mut confirms = Vec::with_capacity(events.len());
-        for (reference, event) in events {
-            confirms.push(broker::start_status(publisher, &reference, event).await?);
+        if let Some(confirm) = broker::start_statuses(publisher, events).await? {
+            confirm.await?;
         }
-        broker::confirmed(confirms).await?;
         let mut confirms = Vec::with_capacity(forwards.len());
         for (reference, work) in forwards {
             confirms.push(broker::start_work(publisher, &reference, work).await?);

@@ -125,7 +125,7 @@ impl TestSystem {
         ensure_test_database().await?;
 
         let mut settings = Settings::defaults()?;
-        let db_url = format!("{}/{TEST_DATABASE}", pg_server());
+        let db_url = format!("{}/{TEST_DATABASE}?sslmode=disable", pg_server());
         settings.broker.url = format!("{}/{vhost}", amqp_server());
         settings.broker.reconnect_max_ms = 1000;
         for (db, schema) in [
@@ -223,7 +223,7 @@ impl TestSystem {
     pub async fn start_level_behind_db_proxy(&mut self, name: &str) -> ProxiedLevel {
         let proxy = FaultProxy::start(pg_addr().expect("database address")).await;
         let mut settings = self.settings.clone();
-        settings.levels.database.url = format!("postgres://root@{}/{TEST_DATABASE}", proxy.addr());
+        settings.levels.database.url = format!("postgres://root@{}/{TEST_DATABASE}?sslmode=disable", proxy.addr());
         self.start_level_with(settings, name, proxy).await
     }
 
@@ -410,12 +410,10 @@ impl TestSystem {
             let _conn = conn;
             while let Some(Ok(delivery)) = consumer.next().await {
                 if let Ok(env) = Envelope::<StatusMessage>::decode(&delivery.data) {
-                    let StatusMessage::V1(event) = env.body;
-                    sink.lock().expect("tap lock").push(Tapped {
-                        reference: env.reference.to_string(),
-                        message_id: env.message_id,
-                        event,
-                    });
+                    let mut sink = sink.lock().expect("tap lock");
+                    for (reference, event) in env.body.into_events(env.reference) {
+                        sink.push(Tapped { reference: reference.to_string(), message_id: env.message_id, event });
+                    }
                 }
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }

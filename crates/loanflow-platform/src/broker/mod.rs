@@ -420,6 +420,43 @@ pub async fn start_status(
     Ok(Box::pin(confirm))
 }
 
+/// Starts publishing the status events of one delivery batch as one message (a lone
+/// event as a plain `loan.status.v1`); returns the wait for its confirm. `None` when
+/// there is nothing to announce.
+pub async fn start_statuses(
+    publisher: &Publisher,
+    mut events: Vec<(loanflow_domain::Reference, loanflow_domain::messages::StatusEvent)>,
+) -> Result<Option<Confirm>, BrokerError> {
+    use loanflow_domain::messages::{Envelope, ReferencedStatus, StatusMessage};
+    if events.len() <= 1 {
+        return match events.pop() {
+            Some((reference, event)) => Ok(Some(start_status(publisher, &reference, event).await?)),
+            None => Ok(None),
+        };
+    }
+    let first = events[0].0.clone();
+    let batch = events.into_iter().map(|(reference, event)| ReferencedStatus { reference, event }).collect();
+    // A batch is never redelivered as the same batch (its consumer, the projection,
+    // is idempotent by sequence number), so its id need not be derived.
+    let envelope = Envelope {
+        message_id: Uuid::new_v4(),
+        reference: first.clone(),
+        sent_at: chrono::Utc::now(),
+        body: StatusMessage::BatchV1(batch),
+    };
+    let confirm = publisher
+        .start(Outgoing {
+            exchange: STATUS_EXCHANGE,
+            routing_key: "",
+            reference: first.as_str(),
+            message_id: envelope.message_id,
+            payload: &envelope.encode(),
+            headers: FieldTable::default(),
+        })
+        .await?;
+    Ok(Some(Box::pin(confirm)))
+}
+
 /// Sends a work item to the step its slip points at, and waits for the confirm.
 pub async fn send_work(
     publisher: &Publisher,

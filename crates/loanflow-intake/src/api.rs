@@ -30,8 +30,10 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct AppState {
     pub pool: PgPool,
     pub chain: Arc<Vec<String>>,
-    /// Wakes the outbox relay as soon as a submission is committed.
+    /// Wakes the outbox relay as soon as a group of submissions is committed.
     pub relay_wake: Arc<Notify>,
+    /// Records submissions, grouped into shared transactions.
+    pub writer: crate::writer::Writer,
     pub approvers: crate::approvals::Approvers,
     /// Set when this intake runs the synchronous twin instead of the chain.
     pub twin: Option<Arc<crate::twin::TwinChain>>,
@@ -39,10 +41,12 @@ pub struct AppState {
 
 impl AppState {
     pub(crate) fn new(pool: PgPool, settings: &Settings, twin: Option<crate::twin::TwinChain>) -> AppState {
+        let relay_wake = Arc::new(Notify::new());
         AppState {
+            writer: crate::writer::Writer::start(pool.clone(), relay_wake.clone()),
             pool,
             chain: Arc::new(settings.chain.levels.clone()),
-            relay_wake: Arc::new(Notify::new()),
+            relay_wake,
             approvers: Arc::new(settings.intake.approvers.clone()),
             twin: twin.map(Arc::new),
         }
@@ -99,11 +103,8 @@ pub(crate) async fn accept(
             payload: envelope.encode(),
         },
     };
-    let recorded =
-        blocking(&state.pool, move |conn| store::record(conn, &submission, idempotency_key.as_deref())).await?;
-    match recorded {
+    match state.writer.record(submission, idempotency_key).await? {
         Recorded::New => {
-            state.relay_wake.notify_one();
             tracing::info!("application accepted");
             Ok(reference.to_string())
         }

@@ -8,10 +8,12 @@ pub mod approvals;
 pub mod error;
 mod pages;
 mod projection;
+mod projection_sql;
 mod relay;
 mod schema;
 pub mod store;
 pub mod twin;
+mod writer;
 
 use std::net::TcpListener;
 

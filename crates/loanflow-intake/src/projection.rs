@@ -1,18 +1,21 @@
 //! The status projection: consumes the status events every other service publishes
 //! and keeps the intake's view of each application current.
 //!
-//! A delivery batch is applied in one transaction (one commit, one WAL flush, for the
-//! whole batch), its events in reference order so that two batches in progress at once
-//! lock rows alike and cannot deadlock. Each event is guarded by its sequence number,
-//! so the order of events across batches does not matter.
+//! A delivery batch is applied in one statement ([`ApplyEvents`]: one round trip, one
+//! commit, for the whole batch), its rows in reference order so that two batches in
+//! progress at once lock rows alike and cannot deadlock. Each event is guarded by its
+//! sequence number, so the order of events across batches does not matter.
 
-use diesel::Connection;
+use std::collections::HashSet;
+
+use diesel::RunQueryDsl;
 
 use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
 use loanflow_domain::Reference;
 use loanflow_platform::broker::{Batch, Disposition};
-use loanflow_platform::db::{blocking, DbError, PgPool};
+use loanflow_platform::db::{blocking, PgPool};
 
+use crate::projection_sql::{ApplyEvents, Known};
 use crate::store::{self, Applied};
 
 pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
@@ -30,18 +33,22 @@ pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
     }
     events.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()).then(a.2.seq.cmp(&b.2.seq)));
     let applied = blocking(&pool, move |conn| {
-        let together: Result<Vec<Applied>, DbError> = conn.transaction(|conn| {
-            events.iter().map(|(_, reference, event)| store::apply_event(conn, reference, event)).collect()
-        });
+        let together = ApplyEvents::new(events.iter().map(|(_, r, e)| (r, e))).load::<Known>(conn);
         Ok(match together {
-            Ok(applied) => events.iter().map(|(index, _, _)| *index).zip(applied.into_iter().map(Ok)).collect(),
+            Ok(known) => {
+                let known: HashSet<String> = known.into_iter().map(|k| k.reference).collect();
+                events.iter().map(|(index, r, _)| (*index, Ok(known.contains(r.as_str())))).collect()
+            }
             // One event the database refuses must not hold its batch-mates back: each
             // is tried on its own, and only what fails again is retried.
             Err(e) => {
                 tracing::warn!(error = %e, events = events.len(), "status batch not applied; applying one by one");
                 events
                     .iter()
-                    .map(|(index, reference, event)| (*index, store::apply_event(conn, reference, event)))
+                    .map(|(index, reference, event)| {
+                        let applied = store::apply_event(conn, reference, event);
+                        (*index, applied.map(|a| a != Applied::UnknownReference))
+                    })
                     .collect::<Vec<_>>()
             }
         })
@@ -57,10 +64,8 @@ pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
             let mut failed: Vec<Option<String>> = vec![None; answers.len()];
             for (index, applied) in applied {
                 match applied {
-                    Ok(Applied::Advanced | Applied::Unchanged) => known[index] = true,
-                    Ok(Applied::UnknownReference) => {
-                        tracing::warn!("status event for an unknown reference");
-                    }
+                    Ok(true) => known[index] = true,
+                    Ok(false) => tracing::warn!("status event for an unknown reference"),
                     Err(e) => failed[index] = Some(e.to_string()),
                 }
             }

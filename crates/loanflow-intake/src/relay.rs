@@ -112,6 +112,9 @@ async fn drain_once(pool: &PgPool, publisher: &Publisher, batch: i64) -> Result<
     let published = confirmed.len();
     blocking(pool, move |conn| {
         store::delete_outbox(conn, &confirmed)?;
+        if unconfirmed.is_empty() {
+            return Ok(());
+        }
         store::release_outbox(conn, &unconfirmed)
     })
     .await?;

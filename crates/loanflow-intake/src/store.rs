@@ -94,6 +94,95 @@ pub fn record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Res
     }
 }
 
+/// Records a group of submissions that arrived together in one transaction (group
+/// commit): one commit, one WAL flush, for the whole group, and one statement per table.
+/// Each submission's answer is what [`record`] would have given it alone, including
+/// two submissions of the group with the same idempotency key (the second gets the
+/// first's reference). All or nothing: on an error the caller records them one by one.
+pub fn record_group(conn: &mut PgConnection, group: &[(&Submission, Option<&str>)]) -> Result<Vec<Recorded>, DbError> {
+    use crate::schema::idempotency_keys;
+    conn.transaction(|conn| {
+        let keys: Vec<&str> = group.iter().filter_map(|(_, key)| *key).collect();
+        let earlier: HashMap<String, (String, Value)> = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            idempotency_keys::table
+                .inner_join(applications::table)
+                .filter(idempotency_keys::key.eq_any(&keys))
+                .select((idempotency_keys::key, applications::reference, applications::application))
+                .load::<(String, String, Value)>(conn)?
+                .into_iter()
+                .map(|(key, reference, application)| (key, (reference, application)))
+                .collect()
+        };
+        let same = |first: &Value, again: &Value, reference: &str| {
+            if first == again {
+                Recorded::Existing(reference.to_owned())
+            } else {
+                Recorded::KeyReused
+            }
+        };
+        let mut first_with_key: HashMap<&str, &Submission> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut new: Vec<(&Submission, Option<&str>)> = Vec::with_capacity(group.len());
+        for (submission, key) in group {
+            if let Some(key) = key {
+                if let Some((reference, application)) = earlier.get(*key) {
+                    outcomes.push(same(application, &submission.application, reference));
+                    continue;
+                }
+                if let Some(first) = first_with_key.get(key) {
+                    outcomes.push(same(&first.application, &submission.application, first.reference.as_str()));
+                    continue;
+                }
+                first_with_key.insert(key, submission);
+            }
+            outcomes.push(Recorded::New);
+            new.push((submission, *key));
+        }
+        if new.is_empty() {
+            return Ok(outcomes);
+        }
+        let rows: Vec<_> = new
+            .iter()
+            .map(|(s, _)| {
+                (
+                    applications::reference.eq(s.reference.as_str()),
+                    applications::application.eq(&s.application),
+                    applications::status.eq(Status::Submitted.as_str()),
+                    applications::submitted_at.eq(s.submitted_at),
+                    applications::updated_at.eq(s.submitted_at),
+                )
+            })
+            .collect();
+        diesel::insert_into(applications::table).values(rows).execute(conn)?;
+        let messages: Vec<_> = new
+            .iter()
+            .map(|(s, _)| {
+                let m = &s.message;
+                (
+                    outbox::message_id.eq(m.message_id),
+                    outbox::reference.eq(m.reference.as_str()),
+                    outbox::exchange.eq(&m.exchange),
+                    outbox::routing_key.eq(&m.routing_key),
+                    outbox::payload.eq(&m.payload),
+                )
+            })
+            .collect();
+        diesel::insert_into(outbox::table).values(messages).execute(conn)?;
+        let keyed: Vec<_> = new
+            .iter()
+            .filter_map(|(s, key)| {
+                key.map(|k| (idempotency_keys::key.eq(k), idempotency_keys::reference.eq(s.reference.as_str())))
+            })
+            .collect();
+        if !keyed.is_empty() {
+            diesel::insert_into(idempotency_keys::table).values(keyed).execute(conn)?;
+        }
+        Ok(outcomes)
+    })
+}
+
 /// Records an application alone, with no message: the synchronous twin calls the
 /// levels itself.
 pub fn record_application(

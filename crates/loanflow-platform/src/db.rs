@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use diesel::connection::{Connection as _, InstrumentationEvent};
+use diesel::connection::{AnsiTransactionManager, Connection as _, InstrumentationEvent, TransactionManager};
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
@@ -34,6 +34,8 @@ pub enum DbError {
     Cancelled,
     #[error("could not encode a value for the database: {0}")]
     Encode(String),
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// `[a-z_][a-z0-9_]*`: schema names are spliced into SQL, so only plain identifiers
@@ -77,6 +79,9 @@ impl Counters {
         conn.set_instrumentation(move |event: InstrumentationEvent<'_>| match event {
             InstrumentationEvent::StartQuery { .. } => {
                 statements.fetch_add(1, Ordering::Relaxed);
+            }
+            InstrumentationEvent::FinishQuery { error: Some(error), .. } if is_connection_lost(error) => {
+                CONNECTION_LOST.with(|lost| lost.set(true));
             }
             InstrumentationEvent::BeginTransaction { depth, .. } if depth.get() == 1 => {
                 transactions.fetch_add(1, Ordering::Relaxed);
@@ -148,6 +153,20 @@ pub async fn migrated_pool(settings: &DatabaseSettings, migrations: EmbeddedMigr
     Ok(pool)
 }
 
+thread_local! {
+    /// Set by a connection's instrumentation, on the thread that ran the query, when
+    /// the server was found gone; read by [`blocking`].
+    static CONNECTION_LOST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn is_connection_lost(error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(
+        error,
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _)
+    )
+}
+
 /// Runs blocking diesel work on tokio's blocking pool, keeping the caller's tracing
 /// span so its logs still carry the reference.
 pub async fn blocking<T, F>(pool: &PgPool, work: F) -> Result<T, DbError>
@@ -160,7 +179,17 @@ where
     tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         let mut conn = pool.get()?;
-        work(&mut conn)
+        CONNECTION_LOST.with(|lost| lost.set(false));
+        let result = work(&mut conn);
+        if CONNECTION_LOST.with(|lost| lost.get()) {
+            // The pool would lend this dead connection again (diesel reports a
+            // connection broken only after a failed transaction), and every later piece
+            // of work would fail at once, burning its retries in milliseconds. Marked
+            // broken, the pool drops it and connects anew, waiting up to its timeout.
+            let conn: &mut PgConnection = &mut conn;
+            AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
+        }
+        result
     })
     .await
     .map_err(|_| DbError::Cancelled)?

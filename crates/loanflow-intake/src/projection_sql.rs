@@ -1,0 +1,141 @@
+//! The projection's one statement per batch: every status event of a delivery batch
+//! applied at once, its arrays bound as parameters (`unnest`), as a prepared statement
+//! that each connection plans once (diesel caches it: its SQL never changes).
+//!
+//! Per application, it does what applying the events one by one in sequence order
+//! would: every decision recorded once, and the application moved to its latest event
+//! unless it was final already (or becomes final earlier in the same batch), keeping the
+//! newest score any event carried.
+
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz, Untyped};
+use diesel::RunQueryDsl;
+
+use chrono::{DateTime, Utc};
+
+use loanflow_domain::messages::StatusEvent;
+use loanflow_domain::{Reference, Status};
+
+/// The events of one batch, as columns.
+#[derive(Debug, Default)]
+pub struct ApplyEvents {
+    reference: Vec<String>,
+    seq: Vec<i32>,
+    status: Vec<String>,
+    current_level: Vec<Option<String>>,
+    offer: Vec<Option<serde_json::Value>>,
+    occurred_at: Vec<DateTime<Utc>>,
+    score: Vec<Option<i32>>,
+    level: Vec<Option<String>>,
+    outcome: Vec<Option<String>>,
+    reason: Vec<Option<String>>,
+    decided_by: Vec<Option<String>>,
+    decided_at: Vec<Option<DateTime<Utc>>>,
+    finals: Vec<&'static str>,
+}
+
+/// One row per known application the batch had events for.
+#[derive(Debug, diesel::QueryableByName)]
+pub struct Known {
+    #[diesel(sql_type = Text)]
+    pub reference: String,
+}
+
+impl ApplyEvents {
+    pub fn new<'a>(events: impl IntoIterator<Item = (&'a Reference, &'a StatusEvent)>) -> ApplyEvents {
+        let mut q = ApplyEvents {
+            finals: Status::ALL.iter().filter(|s| s.is_final()).map(|s| s.as_str()).collect(),
+            ..ApplyEvents::default()
+        };
+        for (reference, event) in events {
+            let d = event.decision.as_ref();
+            q.reference.push(reference.as_str().to_owned());
+            q.seq.push(i32::try_from(event.seq).unwrap_or(i32::MAX));
+            q.status.push(event.status.as_str().to_owned());
+            q.current_level.push(event.current_level.clone());
+            q.offer.push(event.offer.as_ref().and_then(|o| serde_json::to_value(o).ok()));
+            q.occurred_at.push(event.occurred_at);
+            q.score.push(event.score.map(i32::from));
+            q.level.push(d.map(|d| d.level.clone()));
+            q.outcome.push(d.map(|d| d.outcome.as_str().to_owned()));
+            q.reason.push(d.map(|d| d.reason.clone()));
+            q.decided_by.push(d.map(|d| String::from(d.decided_by.clone())));
+            q.decided_at.push(d.map(|d| d.decided_at));
+        }
+        q
+    }
+}
+
+impl QueryId for ApplyEvents {
+    type QueryId = ApplyEvents;
+    // The SQL is the same for every batch: safe to prepare once and cache.
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for ApplyEvents {
+    type SqlType = Untyped;
+}
+
+impl<Conn> RunQueryDsl<Conn> for ApplyEvents {}
+
+impl QueryFragment<Pg> for ApplyEvents {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> diesel::QueryResult<()> {
+        out.push_sql("WITH e AS (SELECT * FROM unnest(");
+        out.push_bind_param::<Array<Text>, _>(&self.reference)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Int4>, _>(&self.seq)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.status)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.current_level)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&self.offer)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.occurred_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Int4>>, _>(&self.score)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.level)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.outcome)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.reason)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.decided_by)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.decided_at)?;
+        out.push_sql(
+            ") AS e(reference, seq, status, current_level, offer, occurred_at, score, \
+                    level, outcome, reason, decided_by, decided_at)), \
+             known AS (SELECT e.* FROM e WHERE EXISTS \
+                         (SELECT 1 FROM applications a WHERE a.reference = e.reference)), \
+             decided AS ( \
+               INSERT INTO decisions (reference, level, seq, outcome, reason, decided_by, decided_at) \
+               SELECT reference, level, seq, outcome, reason, decided_by, decided_at FROM known \
+               WHERE level IS NOT NULL ORDER BY reference, seq \
+               ON CONFLICT DO NOTHING), \
+             first_final AS ( \
+               SELECT reference, min(seq) AS seq FROM known WHERE status = ANY(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.finals)?;
+        out.push_sql(
+            ") GROUP BY reference), \
+             latest AS ( \
+               SELECT DISTINCT ON (k.reference) k.*, \
+                      (SELECT s.score FROM known s WHERE s.reference = k.reference AND s.score IS NOT NULL \
+                       ORDER BY s.seq DESC LIMIT 1) AS newest_score \
+               FROM known k LEFT JOIN first_final f USING (reference) \
+               WHERE f.seq IS NULL OR k.seq <= f.seq \
+               ORDER BY k.reference, k.seq DESC), \
+             moved AS ( \
+               UPDATE applications a SET status = l.status, current_level = l.current_level, seq = l.seq, \
+                      offer = l.offer, updated_at = l.occurred_at, score = COALESCE(l.newest_score, a.score) \
+               FROM latest l \
+               WHERE a.reference = l.reference AND a.seq < l.seq AND a.status <> ALL(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.finals)?;
+        out.push_sql(")) SELECT DISTINCT reference FROM known");
+        Ok(())
+    }
+}

@@ -50,6 +50,8 @@ pub enum StartError {
 #[derive(Debug, Default)]
 pub struct LevelStats {
     pub decided: AtomicU64,
+    /// The most deliveries one batch held.
+    pub largest_batch: AtomicU64,
 }
 
 struct Level {
@@ -169,6 +171,7 @@ impl Level {
     /// once, each call with its own timeout), every outgoing message sent before any
     /// confirm is awaited. Each item still gets its own disposition.
     async fn handle_batch(&self, batch: Batch, publisher: Publisher) -> Vec<Disposition> {
+        self.stats.largest_batch.fetch_max(batch.len() as u64, Ordering::Relaxed);
         let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
         let mut items = Vec::new();
         let mut claims = Vec::new();

@@ -5,10 +5,12 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
 use serde_json::Value;
 
@@ -364,6 +366,38 @@ async fn level_queues_are_quorum_queues_whose_delivery_limit_dead_letters_a_cras
     assert_eq!(letters[0].reference, reference);
     assert_eq!(letters[0].origin_queue, queue);
     assert!(letters[0].reason.contains("delivery_limit"), "{:?}", letters[0]);
+    let _ = conn.close(200, "bye".into()).await;
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_inside_a_batch_dead_letters_alone_while_its_batch_mates_go_on() {
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    // Twenty applications and one poison message between them wait in the kyc queue,
+    // so that kyc, once started, takes them in batches.
+    let mut refs = submit_many(&system, 10).await;
+    let conn = system.amqp().await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let kyc = step_queue("kyc");
+    let poison = b"{\"type\": \"loan.work.v1\", \"not\": \"a work item\"}";
+    channel.basic_publish("".into(), kyc.as_str().into(), BasicPublishOptions::default(), poison, props).await.unwrap();
+    refs.extend(submit_many(&system, 10).await);
+    let queued = wait_until(Duration::from_secs(10), || async { system.queue_depth(&kyc).await == 21 }).await;
+    assert!(queued, "all twenty-one wait in the kyc queue");
+
+    let kyc_stats = system.start_level("kyc").await;
+    for level in ["credit", "underwriting", "manager"] {
+        system.start_level(level).await;
+    }
+    assert_all_approved_once(&system, &refs).await;
+    assert!(kyc_stats.largest_batch.load(Ordering::Relaxed) > 1, "kyc took them in batches");
+    assert_eq!(kyc_stats.decided.load(Ordering::Relaxed), 20, "every batch-mate decided once");
+    let letters = loanflow_platform::dlq::list(&system.settings).await.unwrap();
+    assert_eq!(letters.len(), 1, "only the poison message is dead-lettered: {letters:?}");
+    assert_eq!(letters[0].origin_queue, kyc);
+    assert!(letters[0].reason.starts_with("undecodable message"), "{}", letters[0].reason);
     let _ = conn.close(200, "bye".into()).await;
     system.shutdown().await;
 }

@@ -1,0 +1,218 @@
+//! Confirmed publishing: a publish counts only once the broker has confirmed it, and
+//! a batch's publishes are all sent before any confirm is awaited.
+
+use std::future::Future;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use uuid::Uuid;
+
+use super::{header_string, BrokerError, CONFIRM_TIMEOUT, REFERENCE_HEADER, STATUS_EXCHANGE, WORK_EXCHANGE};
+
+/// One message to publish.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub reference: &'a str,
+    pub message_id: Uuid,
+    pub payload: &'a [u8],
+    pub headers: FieldTable,
+}
+
+/// A channel in confirm mode. A publish counts only when the broker has confirmed it.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub async fn open(conn: &Connection) -> Result<Publisher, BrokerError> {
+        let channel = conn.create_channel().await?;
+        // Without confirms lapin answers `NotRequested`, which proves nothing.
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Publisher { channel })
+    }
+
+    /// Closes the channel, waiting for the broker's answer. Errors are ignored: a
+    /// channel of a lost connection is closed already.
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "bye".into()).await;
+    }
+
+    /// Publishes and waits for the broker's confirm. Errors on a nack, and on a
+    /// message the broker could not route (the `mandatory` flag makes it say so
+    /// instead of silently dropping it).
+    pub async fn publish(&self, out: Outgoing<'_>) -> Result<(), BrokerError> {
+        self.start(out).await?.await
+    }
+
+    /// Starts a publish and returns the wait for its confirm, so that a batch can be
+    /// sent before any confirm is awaited (one round trip per batch, not per message).
+    pub async fn start(
+        &self,
+        out: Outgoing<'_>,
+    ) -> Result<impl Future<Output = Result<(), BrokerError>> + Send + 'static, BrokerError> {
+        let mut headers = out.headers;
+        headers.insert(REFERENCE_HEADER.into(), AMQPValue::LongString(out.reference.into()));
+        let properties = BasicProperties::default()
+            // 2 = persistent: written to disk, survives a broker restart.
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(out.message_id.to_string().into())
+            .with_headers(headers);
+        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let confirm = self
+            .channel
+            .basic_publish(out.exchange.into(), out.routing_key.into(), options, out.payload, properties)
+            .await?;
+        Ok(async move {
+            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                .await
+                .map_err(|_| BrokerError::ConfirmTimeout(CONFIRM_TIMEOUT))??;
+            match confirmation {
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable),
+                Confirmation::Nack(_) => Err(BrokerError::Nacked),
+                Confirmation::NotRequested => Err(BrokerError::NotConfirmed),
+            }
+        })
+    }
+}
+
+/// Publishes a received message again, keeping its message id and reference, and
+/// waits for the confirm.
+pub(crate) async fn republish(
+    publisher: &Publisher,
+    properties: &BasicProperties,
+    payload: &[u8],
+    exchange: &str,
+    routing_key: &str,
+    headers: FieldTable,
+) -> Result<(), BrokerError> {
+    start_republish(publisher, properties, payload, exchange, routing_key, headers).await?.await
+}
+
+/// Starts a [`republish`] and returns the wait for its confirm.
+pub(crate) async fn start_republish(
+    publisher: &Publisher,
+    properties: &BasicProperties,
+    payload: &[u8],
+    exchange: &str,
+    routing_key: &str,
+    headers: FieldTable,
+) -> Result<impl Future<Output = Result<(), BrokerError>> + Send + 'static, BrokerError> {
+    let reference = header_string(properties, REFERENCE_HEADER).unwrap_or_default();
+    let message_id =
+        properties.message_id().as_ref().and_then(|id| Uuid::parse_str(id.as_str()).ok()).unwrap_or_else(Uuid::new_v4);
+    publisher.start(Outgoing { exchange, routing_key, reference: &reference, message_id, payload, headers }).await
+}
+
+/// The wait for one publish's confirm.
+pub type Confirm = std::pin::Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
+
+/// Publishes a status event for `reference` and waits for the broker's confirm.
+pub async fn send_status(
+    publisher: &Publisher,
+    reference: &loanflow_domain::Reference,
+    event: loanflow_domain::messages::StatusEvent,
+) -> Result<(), BrokerError> {
+    start_status(publisher, reference, event).await?.await
+}
+
+/// Starts publishing a status event; returns the wait for its confirm, so that a batch's
+/// events are all sent before any confirm is awaited.
+pub async fn start_status(
+    publisher: &Publisher,
+    reference: &loanflow_domain::Reference,
+    event: loanflow_domain::messages::StatusEvent,
+) -> Result<Confirm, BrokerError> {
+    use loanflow_domain::messages::{Envelope, StatusMessage};
+    let what = format!("status/{}", event.seq);
+    let envelope = Envelope::new(reference.clone(), &what, chrono::Utc::now(), StatusMessage::V1(event));
+    let confirm = publisher
+        .start(Outgoing {
+            exchange: STATUS_EXCHANGE,
+            routing_key: "",
+            reference: reference.as_str(),
+            message_id: envelope.message_id,
+            payload: &envelope.encode(),
+            headers: FieldTable::default(),
+        })
+        .await?;
+    Ok(Box::pin(confirm))
+}
+
+/// Starts publishing the status events of one delivery batch as one message (a lone
+/// event as a plain `loan.status.v1`); returns the wait for its confirm. `None` when
+/// there is nothing to announce.
+pub async fn start_statuses(
+    publisher: &Publisher,
+    mut events: Vec<(loanflow_domain::Reference, loanflow_domain::messages::StatusEvent)>,
+) -> Result<Option<Confirm>, BrokerError> {
+    use loanflow_domain::messages::{Envelope, ReferencedStatus, StatusMessage};
+    if events.len() <= 1 {
+        return match events.pop() {
+            Some((reference, event)) => Ok(Some(start_status(publisher, &reference, event).await?)),
+            None => Ok(None),
+        };
+    }
+    let first = events[0].0.clone();
+    let batch = events.into_iter().map(|(reference, event)| ReferencedStatus { reference, event }).collect();
+    // A batch is never redelivered as the same batch (its consumer, the projection,
+    // is idempotent by sequence number), so its id need not be derived.
+    let envelope = Envelope {
+        message_id: Uuid::new_v4(),
+        reference: first.clone(),
+        sent_at: chrono::Utc::now(),
+        body: StatusMessage::BatchV1(batch),
+    };
+    let confirm = publisher
+        .start(Outgoing {
+            exchange: STATUS_EXCHANGE,
+            routing_key: "",
+            reference: first.as_str(),
+            message_id: envelope.message_id,
+            payload: &envelope.encode(),
+            headers: FieldTable::default(),
+        })
+        .await?;
+    Ok(Some(Box::pin(confirm)))
+}
+
+/// Sends a work item to the step its slip points at, and waits for the confirm.
+pub async fn send_work(
+    publisher: &Publisher,
+    reference: &loanflow_domain::Reference,
+    item: loanflow_domain::messages::WorkItem,
+) -> Result<(), BrokerError> {
+    start_work(publisher, reference, item).await?.await
+}
+
+/// Starts sending a work item; returns the wait for its confirm.
+pub async fn start_work(
+    publisher: &Publisher,
+    reference: &loanflow_domain::Reference,
+    item: loanflow_domain::messages::WorkItem,
+) -> Result<Confirm, BrokerError> {
+    use loanflow_domain::messages::{Envelope, WorkMessage};
+    let step = item.slip.current().unwrap_or_default().to_owned();
+    let envelope = Envelope::new(reference.clone(), &format!("work/{step}"), chrono::Utc::now(), WorkMessage::V1(item));
+    let confirm = publisher
+        .start(Outgoing {
+            exchange: WORK_EXCHANGE,
+            routing_key: &step,
+            reference: reference.as_str(),
+            message_id: envelope.message_id,
+            payload: &envelope.encode(),
+            headers: FieldTable::default(),
+        })
+        .await?;
+    Ok(Box::pin(confirm))
+}
+
+/// Awaits every confirm; the first failure, if any.
+pub async fn confirmed(confirms: Vec<Confirm>) -> Result<(), BrokerError> {
+    futures_util::future::join_all(confirms).await.into_iter().collect()
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use loanflow_platform::broker::{self, Backoff, BrokerError, Outgoing, Publisher, Topology};
+use loanflow_platform::broker::{BrokerError, Outgoing, Publisher, Supervisor, Topology};
 use loanflow_platform::db::{blocking, DbError, PgPool};
 use loanflow_platform::health::Flag;
 use loanflow_platform::Settings;
@@ -27,44 +27,44 @@ enum RelayError {
 }
 
 pub async fn run(settings: Settings, pool: PgPool, wake: Arc<Notify>, health: Flag, shutdown: CancellationToken) {
-    let mut backoff = Backoff::new(&settings.broker);
     let poll = Duration::from_millis(settings.intake.relay_poll_ms.max(1));
-    loop {
-        let Some(conn) = broker::connect_with_backoff(&settings.broker, &shutdown).await else { return };
-        let result = async {
+    let mut supervisor = Supervisor::new(&settings.broker, "outbox relay", &health, &shutdown);
+    while let Some(conn) = supervisor.connect().await {
+        let session = async {
             let channel = conn.create_channel().await.map_err(BrokerError::from)?;
             Topology::new(&settings).declare(&channel).await?;
             let _ = channel.close(200, "bye".into()).await;
             let publisher = Publisher::open(&conn).await?;
             health.set(true);
-            backoff.reset();
             loop {
                 if !conn.status().connected() {
-                    return Err(BrokerError::ConnectionLost.into());
+                    return Err(BrokerError::ConnectionLost);
                 }
-                while drain_once(&pool, &publisher, settings.intake.relay_batch).await? > 0 {}
+                loop {
+                    match drain_once(&pool, &publisher, settings.intake.relay_batch).await {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(RelayError::Broker(e)) => return Err(e),
+                        // The rows stay in the outbox; the next wake-up or poll tries again.
+                        Err(RelayError::Db(e)) => {
+                            tracing::warn!(error = %e, "outbox not read");
+                            break;
+                        }
+                    }
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => {
                         publisher.close().await;
-                        return Ok::<(), RelayError>(());
+                        return Ok(());
                     }
                     () = wake.notified() => {}
                     () = tokio::time::sleep(poll) => {}
                 }
             }
-        }
-        .await;
-        health.set(false);
-        let _ = conn.close(200, "bye".into()).await;
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "outbox relay interrupted");
-                if !broker::pause_unless_stopped(wait, &shutdown).await {
-                    return;
-                }
-            }
+        };
+        let ended = session.await;
+        if !supervisor.ended(conn, ended).await {
+            return;
         }
     }
 }

@@ -1,19 +1,65 @@
-//! Connecting to the broker, and the backoff between attempts.
+//! Connecting to the broker, and the one reconnect policy every long-running broker
+//! client (each consumer, the outbox relay) follows: a [`Supervisor`].
+//!
+//! Waits between attempts grow exponentially from `broker.reconnect_initial_ms` to
+//! `broker.reconnect_max_ms`, with random jitter (backon's), so that every service a
+//! broker restart disconnected does not reconnect in the same instant.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
 use super::BrokerError;
+use crate::health::Flag;
 use crate::settings::BrokerSettings;
+
+/// A session that lasted this long was healthy: the next failure starts the backoff
+/// from its first wait again.
+const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 
 pub async fn connect(settings: &BrokerSettings) -> Result<Connection, BrokerError> {
     Ok(Connection::connect(&settings.url, ConnectionProperties::default()).await?)
 }
 
-/// Connects, retrying with exponential backoff until it succeeds or `shutdown` fires
-/// (then `None`).
+/// Exponential backoff with jitter between reconnection attempts.
+#[derive(Debug)]
+pub struct Backoff {
+    builder: ExponentialBuilder,
+    delays: ExponentialBackoff,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(settings: &BrokerSettings) -> Backoff {
+        let initial = Duration::from_millis(settings.reconnect_initial_ms.max(1));
+        let max = Duration::from_millis(settings.reconnect_max_ms.max(1)).max(initial);
+        let builder =
+            ExponentialBuilder::new().with_min_delay(initial).with_max_delay(max).with_jitter().without_max_times();
+        Backoff { delays: builder.build(), builder, max }
+    }
+
+    /// The next wait: doubling from the first, capped at the maximum, plus jitter of up
+    /// to the wait itself.
+    pub fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.max)
+    }
+
+    pub fn reset(&mut self) {
+        self.delays = self.builder.build();
+    }
+}
+
+/// Sleeps `wait` unless `shutdown` fires first; `false` when it did.
+pub async fn pause_unless_stopped(wait: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Connects, retrying with backoff until it succeeds or `shutdown` fires (then `None`).
 pub async fn connect_with_backoff(settings: &BrokerSettings, shutdown: &CancellationToken) -> Option<Connection> {
     let mut backoff = Backoff::new(settings);
     loop {
@@ -30,35 +76,87 @@ pub async fn connect_with_backoff(settings: &BrokerSettings, shutdown: &Cancella
     }
 }
 
-/// Exponential backoff between reconnection attempts.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    initial: Duration,
-    max: Duration,
+/// Keeps one broker client connected: hands out a connection, takes it back with how
+/// its session ended, and decides whether and when to connect again.
+///
+/// ```ignore
+/// let mut supervisor = Supervisor::new(&settings.broker, "outbox relay", &health, &shutdown);
+/// while let Some(conn) = supervisor.connect().await {
+///     let ended = session(&conn).await;
+///     if !supervisor.ended(conn, ended).await { break; }
+/// }
+/// ```
+pub struct Supervisor<'a> {
+    settings: &'a BrokerSettings,
+    what: &'a str,
+    health: &'a Flag,
+    shutdown: &'a CancellationToken,
+    backoff: Backoff,
+    since: Instant,
 }
 
-impl Backoff {
-    pub fn new(settings: &BrokerSettings) -> Backoff {
-        let initial = Duration::from_millis(settings.reconnect_initial_ms.max(1));
-        Backoff { next: initial, initial, max: Duration::from_millis(settings.reconnect_max_ms.max(1)) }
+impl<'a> Supervisor<'a> {
+    /// `what` names the client in logs; `health` is set false whenever it is not
+    /// connected (the session sets it true once it works).
+    pub fn new(
+        settings: &'a BrokerSettings,
+        what: &'a str,
+        health: &'a Flag,
+        shutdown: &'a CancellationToken,
+    ) -> Supervisor<'a> {
+        Supervisor { settings, what, health, shutdown, backoff: Backoff::new(settings), since: Instant::now() }
     }
 
-    pub fn next_delay(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(self.max);
-        now
+    /// A new connection, or `None` once shutdown has fired.
+    pub async fn connect(&mut self) -> Option<Connection> {
+        let conn = connect_with_backoff(self.settings, self.shutdown).await?;
+        self.since = Instant::now();
+        Some(conn)
     }
 
-    pub fn reset(&mut self) {
-        self.next = self.initial;
+    /// Closes the session's connection. `true`: connect again (after a backoff wait);
+    /// `false`: stop (the session ended cleanly, or shutdown fired while waiting).
+    pub async fn ended(&mut self, conn: Connection, result: Result<(), BrokerError>) -> bool {
+        self.health.set(false);
+        let _ = conn.close(200, "bye".into()).await;
+        let Err(e) = result else { return false };
+        if self.since.elapsed() >= HEALTHY_AFTER {
+            self.backoff.reset();
+        }
+        let wait = self.backoff.next_delay();
+        tracing::warn!(client = self.what, error = %e, retry_in_ms = wait.as_millis() as u64, "lost the broker connection");
+        pause_unless_stopped(wait, self.shutdown).await
     }
 }
 
-/// Sleeps `wait` unless `shutdown` fires first; `false` when it did.
-pub async fn pause_unless_stopped(wait: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(wait) => true,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(initial_ms: u64, max_ms: u64) -> BrokerSettings {
+        let mut s = crate::Settings::defaults().expect("defaults").broker;
+        s.reconnect_initial_ms = initial_ms;
+        s.reconnect_max_ms = max_ms;
+        s
+    }
+
+    #[test]
+    fn waits_grow_from_the_first_to_the_maximum_with_jitter_and_start_over_on_reset() {
+        let mut backoff = Backoff::new(&settings(100, 1000));
+        let waits: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
+        let ms = |d: &Duration| d.as_millis() as u64;
+        assert!((100..200).contains(&ms(&waits[0])), "the first wait, jittered: {waits:?}");
+        assert!((200..400).contains(&ms(&waits[1])), "then doubled: {waits:?}");
+        assert!(waits[5..].iter().all(|w| (1000..2000).contains(&ms(w))), "capped at the maximum: {waits:?}");
+        backoff.reset();
+        assert!((100..200).contains(&ms(&backoff.next_delay())), "from the first wait again");
+    }
+
+    #[test]
+    fn two_clients_do_not_wait_in_step() {
+        let mut a = Backoff::new(&settings(1000, 1000));
+        let mut b = Backoff::new(&settings(1000, 1000));
+        let differ = (0..20).any(|_| a.next_delay() != b.next_delay());
+        assert!(differ, "jitter spreads reconnections");
     }
 }

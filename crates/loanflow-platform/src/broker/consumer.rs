@@ -28,9 +28,9 @@ use tracing::{info_span, Instrument};
 use uuid::Uuid;
 
 use super::{
-    connect_with_backoff, header_string, header_u64, pause_unless_stopped, retry_exchange, start_republish, Backoff,
-    BrokerError, Disposition, Incoming, Publisher, Topology, ABANDON_AFTER, ATTEMPTS_HEADER, CONNECTION_CHECK,
-    DEAD_AT_HEADER, DEAD_LETTER_EXCHANGE, ORIGIN_HEADER, REASON_HEADER, REFERENCE_HEADER,
+    header_string, header_u64, retry_exchange, start_republish, BrokerError, Disposition, Incoming, Publisher,
+    Supervisor, Topology, ABANDON_AFTER, ATTEMPTS_HEADER, CONNECTION_CHECK, DEAD_AT_HEADER, DEAD_LETTER_EXCHANGE,
+    ORIGIN_HEADER, REASON_HEADER, REFERENCE_HEADER,
 };
 use crate::health::Flag;
 use crate::settings::{RetrySettings, Settings};
@@ -53,22 +53,12 @@ where
     Fut: Future<Output = Vec<Disposition>> + Send + 'static,
 {
     let topology = Topology::new(&settings);
-    let mut backoff = Backoff::new(&settings.broker);
-    loop {
-        let Some(conn) = connect_with_backoff(&settings.broker, &shutdown).await else { return };
+    let mut supervisor = Supervisor::new(&settings.broker, &queue, &health, &shutdown);
+    while let Some(conn) = supervisor.connect().await {
         let session = Session { settings: &settings, topology: &topology, conn: &conn, queue: &queue, health: &health };
-        let result = session.run(&shutdown, handler.clone(), &mut backoff).await;
-        health.set(false);
-        let _ = conn.close(200, "bye".into()).await;
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(%queue, error = %e, retry_in_ms = wait.as_millis() as u64, "consumer lost its connection");
-                if !pause_unless_stopped(wait, &shutdown).await {
-                    return;
-                }
-            }
+        let ended = session.run(&shutdown, handler.clone()).await;
+        if !supervisor.ended(conn, ended).await {
+            return;
         }
     }
 }
@@ -95,12 +85,7 @@ struct Settler {
 type Watermark = super::Watermark<Acker>;
 
 impl Session<'_> {
-    async fn run<F, Fut>(
-        &self,
-        shutdown: &CancellationToken,
-        handler: F,
-        backoff: &mut Backoff,
-    ) -> Result<(), BrokerError>
+    async fn run<F, Fut>(&self, shutdown: &CancellationToken, handler: F) -> Result<(), BrokerError>
     where
         F: Fn(Batch, Publisher) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Vec<Disposition>> + Send + 'static,
@@ -119,7 +104,6 @@ impl Session<'_> {
         let mut batches = consumer.ready_chunks(usize::from(broker.batch_max.max(1)));
         tracing::info!(%queue, "consuming");
         self.health.set(true);
-        backoff.reset();
         // A new channel numbers its deliveries from 1 again: a new watermark.
         let settler = Arc::new(Settler {
             queue: queue.to_owned(),

@@ -75,4 +75,8 @@ LOANFLOW__INTAKE__LISTEN=127.0.0.1:18081 LOANFLOW__INTAKE__DATABASE__SCHEMA=benc
 wait_ready http://127.0.0.1:18080
 wait_ready http://127.0.0.1:18081
 
-target/release/loanflow-bench --url http://127.0.0.1:18080 --sync-url http://127.0.0.1:18081 --amqp "$LOANFLOW__BROKER__URL" "${args[@]}" "$@"
+metrics=(--metrics intake=http://127.0.0.1:18080 --metrics ledger=http://127.0.0.1:18110)
+port=18101
+for level in kyc credit underwriting manager; do metrics+=(--metrics "$level=http://127.0.0.1:$port"); port=$((port + 1)); done
+
+target/release/loanflow-bench "${metrics[@]}" --url http://127.0.0.1:18080 --sync-url http://127.0.0.1:18081 --amqp "$LOANFLOW__BROKER__URL" "${args[@]}" "$@"

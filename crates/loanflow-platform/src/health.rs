@@ -1,7 +1,7 @@
 //! Health: each long-running part of a service (a consumer, the outbox relay) owns a
 //! flag that says whether it is connected; the service is ready when all are.
 //! Served as `/health/live` (the process answers) and `/health/ready` (200 when
-//! ready, 503 with the parts that are not).
+//! ready, 503 with the parts that are not), beside `/metrics` (Prometheus).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,9 +63,16 @@ async fn ready(health: web::Data<Health>) -> HttpResponse {
     }
 }
 
-/// Adds the health routes to an existing app.
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::metrics::render())
+}
+
+/// Adds the health routes, and `/metrics`, to an existing app.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health/live", web::get().to(live)).route("/health/ready", web::get().to(ready));
+    crate::metrics::install();
+    cfg.route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
 }
 
 /// Serves the health routes alone on `listen`: a service without an HTTP API of its

@@ -7,6 +7,7 @@ pub mod db;
 pub mod dlq;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;

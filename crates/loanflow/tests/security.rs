@@ -64,7 +64,7 @@ fn big_ticket() -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_addresses_serve_health_and_nothing_that_touches_loan_data() {
+async fn health_addresses_serve_health_and_metrics_and_nothing_that_touches_loan_data() {
     let system = TestSystem::start().await;
     let reference = system.submit_ok(&big_ticket()).await;
     system.wait_for_status(&reference, "awaiting_approver", Duration::from_secs(30)).await;
@@ -76,6 +76,11 @@ async fn health_addresses_serve_health_and_nothing_that_touches_loan_data() {
     for base in &addresses {
         let live = system.http.get(format!("{base}/health/live")).send().await.unwrap();
         assert_eq!(live.status(), 200, "{base} serves health");
+        let metrics = system.http.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(metrics.status(), 200, "{base} serves metrics");
+        let text = metrics.text().await.unwrap();
+        assert!(text.contains("loanflow_consumer_batch_size_bucket"), "{base}: batch sizes in {text}");
+        assert!(text.contains("loanflow_consumer_deliveries_total"), "{base}: deliveries");
         for path in ["/api/steps/kyc", "/api/steps/credit", "/api/steps/manager", &format!("/api/loans/{reference}")] {
             for request in [
                 system.http.post(format!("{base}{path}")).json(&work),

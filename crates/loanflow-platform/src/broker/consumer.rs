@@ -28,11 +28,12 @@ use tracing::{info_span, Instrument};
 use uuid::Uuid;
 
 use super::{
-    header_string, header_u64, retry_exchange, start_republish, BrokerError, Disposition, Incoming, Publisher,
-    Supervisor, Topology, ABANDON_AFTER, ATTEMPTS_HEADER, CONNECTION_CHECK, DEAD_AT_HEADER, DEAD_LETTER_EXCHANGE,
-    ORIGIN_HEADER, REASON_HEADER, REFERENCE_HEADER,
+    header_i64, header_string, header_u64, retry_exchange, start_republish, BrokerError, Disposition, Incoming,
+    Publisher, Supervisor, Topology, ABANDON_AFTER, ATTEMPTS_HEADER, CONNECTION_CHECK, DEAD_AT_HEADER,
+    DEAD_LETTER_EXCHANGE, ORIGIN_HEADER, REASON_HEADER, REFERENCE_HEADER, SENT_AT_HEADER,
 };
 use crate::health::Flag;
+use crate::metrics as names;
 use crate::settings::{RetrySettings, Settings};
 
 /// The deliveries of one batch, as the handler sees them, in delivery order.
@@ -52,6 +53,7 @@ where
     F: Fn(Batch, Publisher) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Vec<Disposition>> + Send + 'static,
 {
+    names::install();
     let topology = Topology::new(&settings);
     let mut supervisor = Supervisor::new(&settings.broker, &queue, &health, &shutdown);
     while let Some(conn) = supervisor.connect().await {
@@ -198,7 +200,18 @@ impl Settler {
             })
             .collect();
         let span = info_span!("batch", queue = %self.queue, size = deliveries.len());
+        let queue = self.queue.clone();
+        ::metrics::histogram!(names::BATCH_SIZE, "queue" => queue.clone()).record(deliveries.len() as f64);
+        let now = chrono::Utc::now().timestamp_micros();
+        for delivery in &deliveries {
+            if let Some(sent) = header_i64(&delivery.properties, SENT_AT_HEADER) {
+                let waited = (now - sent).max(0) as f64 / 1e6;
+                ::metrics::histogram!(names::QUEUE_WAIT, "queue" => queue.clone()).record(waited);
+            }
+        }
+        let started = std::time::Instant::now();
         let mut dispositions = handler(incoming, self.publisher.clone()).instrument(span.clone()).await.into_iter();
+        ::metrics::histogram!(names::HANDLING, "queue" => queue.clone()).record(started.elapsed().as_secs_f64());
 
         // Hand-offs first, all of them, then one wait for their confirms.
         let mut handoffs = Vec::new();
@@ -230,6 +243,13 @@ impl Settler {
 
     /// Carries out one item's disposition, up to the broker's confirm of any hand-off.
     async fn hand_off(&self, delivery: &Delivery, disposition: Disposition) -> Settled {
+        let outcome = match &disposition {
+            Disposition::Ack => "ack",
+            Disposition::Requeue => "requeue",
+            Disposition::DeadLetter(_) => "dead_letter",
+            Disposition::Retry(_) => "retry",
+        };
+        ::metrics::counter!(names::DELIVERIES, "queue" => self.queue.clone(), "outcome" => outcome).increment(1);
         let attempts = attempts(delivery);
         let last_attempt = attempts + 1 >= self.retry.max_attempts;
         let moved = match &disposition {

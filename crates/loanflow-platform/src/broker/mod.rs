@@ -50,6 +50,8 @@ pub const REASON_HEADER: &str = "x-loanflow-reason";
 pub const ORIGIN_HEADER: &str = "x-loanflow-origin-queue";
 /// Attempts made so far (absent on a first delivery).
 pub const ATTEMPTS_HEADER: &str = "x-loanflow-attempts";
+/// When a message was published, in Unix microseconds: its consumer measures queue wait.
+pub const SENT_AT_HEADER: &str = "x-loanflow-sent-at-us";
 /// When a message was dead-lettered, in Unix seconds.
 pub const DEAD_AT_HEADER: &str = "x-loanflow-dead-at";
 
@@ -131,6 +133,14 @@ pub(crate) fn header_string(properties: &BasicProperties, name: &str) -> Option<
     match properties.headers().as_ref()?.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+pub(crate) fn header_i64(properties: &BasicProperties, name: &str) -> Option<i64> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
         _ => None,
     }
 }

@@ -8,7 +8,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use uuid::Uuid;
 
-use super::{header_string, BrokerError, CONFIRM_TIMEOUT, REFERENCE_HEADER, STATUS_EXCHANGE, WORK_EXCHANGE};
+use super::{
+    header_string, BrokerError, CONFIRM_TIMEOUT, REFERENCE_HEADER, SENT_AT_HEADER, STATUS_EXCHANGE, WORK_EXCHANGE,
+};
 
 /// One message to publish.
 #[derive(Debug)]
@@ -29,6 +31,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn open(conn: &Connection) -> Result<Publisher, BrokerError> {
+        crate::metrics::install();
         let channel = conn.create_channel().await?;
         // Without confirms lapin answers `NotRequested`, which proves nothing.
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -56,6 +59,8 @@ impl Publisher {
     ) -> Result<impl Future<Output = Result<(), BrokerError>> + Send + 'static, BrokerError> {
         let mut headers = out.headers;
         headers.insert(REFERENCE_HEADER.into(), AMQPValue::LongString(out.reference.into()));
+        // When it left, so that its consumer can measure how long it waited in the queue.
+        headers.insert(SENT_AT_HEADER.into(), AMQPValue::LongLongInt(chrono::Utc::now().timestamp_micros()));
         let properties = BasicProperties::default()
             // 2 = persistent: written to disk, survives a broker restart.
             .with_delivery_mode(2)
@@ -67,10 +72,12 @@ impl Publisher {
             .channel
             .basic_publish(out.exchange.into(), out.routing_key.into(), options, out.payload, properties)
             .await?;
+        let sent = std::time::Instant::now();
         Ok(async move {
             let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
                 .await
                 .map_err(|_| BrokerError::ConfirmTimeout(CONFIRM_TIMEOUT))??;
+            metrics::histogram!(crate::metrics::CONFIRM_WAIT).record(sent.elapsed().as_secs_f64());
             match confirmation {
                 Confirmation::Ack(None) => Ok(()),
                 Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable),

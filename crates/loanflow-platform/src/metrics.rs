@@ -1,0 +1,50 @@
+//! Prometheus metrics: one recorder per process (the `metrics` facade with its
+//! Prometheus exporter, used as a library: no listener of its own), rendered at
+//! `/metrics` on every health address and on the intake. Names follow Prometheus
+//! conventions: `loanflow_…`, base units (`_seconds`), `_total` for counters.
+//!
+//! What the batching pipeline exposes (each labelled by `queue`): deliveries per batch
+//! (`loanflow_consumer_batch_size`), how long a delivery waited in its queue
+//! (`loanflow_consumer_queue_wait_seconds`), how long a batch's handler took
+//! (`loanflow_consumer_handling_seconds`), deliveries by outcome
+//! (`loanflow_consumer_deliveries_total`); and for every publish, the wait for the
+//! broker's confirm (`loanflow_publish_confirm_seconds`).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const BATCH_SIZE: &str = "loanflow_consumer_batch_size";
+pub const QUEUE_WAIT: &str = "loanflow_consumer_queue_wait_seconds";
+pub const HANDLING: &str = "loanflow_consumer_handling_seconds";
+pub const DELIVERIES: &str = "loanflow_consumer_deliveries_total";
+pub const CONFIRM_WAIT: &str = "loanflow_publish_confirm_seconds";
+
+const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process's recorder (once; later calls do nothing). Metrics recorded
+/// before it is installed are not kept, so every service installs it as it starts.
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let built = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), SIZES))
+            .and_then(|b| b.install_recorder());
+        match built {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                None
+            }
+        }
+    });
+}
+
+/// Every metric of this process, in Prometheus' text format.
+pub fn render() -> String {
+    install();
+    HANDLE.get().and_then(Option::as_ref).map(PrometheusHandle::render).unwrap_or_default()
+}

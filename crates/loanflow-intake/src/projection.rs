@@ -1,22 +1,17 @@
 //! The status projection: consumes the status events every other service publishes
 //! and keeps the intake's view of each application current.
 //!
-//! A delivery batch is applied in one statement ([`ApplyEvents`]: one round trip, one
+//! A delivery batch is applied in one statement ([`store::apply_events`]: one round trip, one
 //! commit, for the whole batch), its rows in reference order so that two batches in
 //! progress at once lock rows alike and cannot deadlock. Each event is guarded by its
 //! sequence number, so the order of events across batches does not matter.
-
-use std::collections::HashSet;
-
-use diesel::RunQueryDsl;
 
 use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
 use loanflow_domain::Reference;
 use loanflow_platform::broker::{Batch, Disposition};
 use loanflow_platform::db::{blocking, PgPool};
 
-use crate::projection_sql::{ApplyEvents, Known};
-use crate::store::{self, Applied};
+use crate::store;
 
 pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
     let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
@@ -33,12 +28,9 @@ pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
     }
     events.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()).then(a.2.seq.cmp(&b.2.seq)));
     let applied = blocking(&pool, move |conn| {
-        let together = ApplyEvents::new(events.iter().map(|(_, r, e)| (r, e))).load::<Known>(conn);
+        let together = store::apply_events(conn, events.iter().map(|(_, r, e)| (r, e)));
         Ok(match together {
-            Ok(known) => {
-                let known: HashSet<String> = known.into_iter().map(|k| k.reference).collect();
-                events.iter().map(|(index, r, _)| (*index, Ok(known.contains(r.as_str())))).collect()
-            }
+            Ok(known) => events.iter().map(|(index, r, _)| (*index, Ok(known.contains(r.as_str())))).collect(),
             // One event the database refuses must not hold its batch-mates back: each
             // is tried on its own, and only what fails again is retried.
             Err(e) => {
@@ -46,8 +38,8 @@ pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
                 events
                     .iter()
                     .map(|(index, reference, event)| {
-                        let applied = store::apply_event(conn, reference, event);
-                        (*index, applied.map(|a| a != Applied::UnknownReference))
+                        let known = store::apply_events(conn, [(reference, event)]);
+                        (*index, known.map(|known| !known.is_empty()))
                     })
                     .collect::<Vec<_>>()
             }

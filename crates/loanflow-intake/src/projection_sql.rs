@@ -3,9 +3,10 @@
 //! that each connection plans once (diesel caches it: its SQL never changes).
 //!
 //! Per application, it does what applying the events one by one in sequence order
-//! would: every decision recorded once, and the application moved to its latest event
+//! would: every decision recorded once, and the status row moved to its latest event
 //! unless it was final already (or becomes final earlier in the same batch), keeping the
-//! newest score any event carried.
+//! newest score any event carried; the approver inbox (`awaiting`) gains the
+//! applications that now wait for a person and loses those that no longer do.
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -109,7 +110,7 @@ impl QueryFragment<Pg> for ApplyEvents {
             ") AS e(reference, seq, status, current_level, offer, occurred_at, score, \
                     level, outcome, reason, decided_by, decided_at)), \
              known AS (SELECT e.* FROM e WHERE EXISTS \
-                         (SELECT 1 FROM applications a WHERE a.reference = e.reference)), \
+                         (SELECT 1 FROM application_status a WHERE a.reference = e.reference)), \
              decided AS ( \
                INSERT INTO decisions (reference, level, seq, outcome, reason, decided_by, decided_at) \
                SELECT reference, level, seq, outcome, reason, decided_by, decided_at FROM known \
@@ -129,13 +130,26 @@ impl QueryFragment<Pg> for ApplyEvents {
                WHERE f.seq IS NULL OR k.seq <= f.seq \
                ORDER BY k.reference, k.seq DESC), \
              moved AS ( \
-               UPDATE applications a SET status = l.status, current_level = l.current_level, seq = l.seq, \
-                      offer = l.offer, updated_at = l.occurred_at, score = COALESCE(l.newest_score, a.score) \
+               UPDATE application_status a SET status = l.status, current_level = l.current_level, \
+                      seq = l.seq, offer = l.offer, updated_at = l.occurred_at, \
+                      score = COALESCE(l.newest_score, a.score) \
                FROM latest l \
                WHERE a.reference = l.reference AND a.seq < l.seq AND a.status <> ALL(",
         );
         out.push_bind_param::<Array<Text>, _>(&self.finals)?;
-        out.push_sql(")) SELECT DISTINCT reference FROM known");
+        out.push_sql(
+            ") \
+               RETURNING a.reference, a.status, a.current_level, a.updated_at), \
+             left_inbox AS ( \
+               DELETE FROM awaiting w USING moved m \
+               WHERE w.reference = m.reference AND m.status <> 'awaiting_approver'), \
+             joined_inbox AS ( \
+               INSERT INTO awaiting (reference, level, since) \
+               SELECT reference, current_level, updated_at FROM moved \
+               WHERE status = 'awaiting_approver' AND current_level IS NOT NULL \
+               ON CONFLICT (reference) DO UPDATE SET level = EXCLUDED.level, since = EXCLUDED.since) \
+             SELECT DISTINCT reference FROM known",
+        );
         Ok(())
     }
 }

@@ -1,16 +1,30 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
-    applications (reference) {
+    application_status (reference) {
         reference -> Text,
-        application -> Jsonb,
         status -> Text,
         current_level -> Nullable<Text>,
         seq -> Int4,
         offer -> Nullable<Jsonb>,
-        submitted_at -> Timestamptz,
-        updated_at -> Timestamptz,
         score -> Nullable<Int4>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    applications (reference) {
+        reference -> Text,
+        application -> Jsonb,
+        submitted_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    awaiting (reference) {
+        reference -> Text,
+        level -> Text,
+        since -> Timestamptz,
     }
 }
 
@@ -47,7 +61,16 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(application_status -> applications (reference));
+diesel::joinable!(awaiting -> applications (reference));
 diesel::joinable!(decisions -> applications (reference));
 diesel::joinable!(idempotency_keys -> applications (reference));
 
-diesel::allow_tables_to_appear_in_same_query!(applications, decisions, idempotency_keys, outbox,);
+diesel::allow_tables_to_appear_in_same_query!(
+    application_status,
+    applications,
+    awaiting,
+    decisions,
+    idempotency_keys,
+    outbox,
+);

@@ -1,7 +1,7 @@
 //! The intake's tables: applications, their decisions (the status projection) and
 //! the outbox. Every function runs on a connection lent by [`loanflow_platform::db::blocking`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -14,7 +14,8 @@ use loanflow_domain::rules::Offer;
 use loanflow_domain::{Decision, Reference, Status};
 use loanflow_platform::db::DbError;
 
-use crate::schema::{applications, decisions, outbox};
+use crate::projection_sql::{ApplyEvents, Known};
+use crate::schema::{application_status, applications, awaiting, decisions, outbox};
 
 /// A message waiting in the outbox.
 #[derive(Debug, Clone, QueryableByName)]
@@ -149,13 +150,13 @@ pub fn record_group(conn: &mut PgConnection, group: &[(&Submission, Option<&str>
                 (
                     applications::reference.eq(s.reference.as_str()),
                     applications::application.eq(&s.application),
-                    applications::status.eq(Status::Submitted.as_str()),
                     applications::submitted_at.eq(s.submitted_at),
-                    applications::updated_at.eq(s.submitted_at),
                 )
             })
             .collect();
         diesel::insert_into(applications::table).values(rows).execute(conn)?;
+        let statuses: Vec<_> = new.iter().map(|(s, _)| submitted_status(&s.reference, s.submitted_at)).collect();
+        diesel::insert_into(application_status::table).values(statuses).execute(conn)?;
         let messages: Vec<_> = new
             .iter()
             .map(|(s, _)| {
@@ -191,7 +192,7 @@ pub fn record_application(
     application: &Value,
     submitted_at: DateTime<Utc>,
 ) -> Result<(), DbError> {
-    insert_application(conn, reference, application, submitted_at)?;
+    conn.transaction(|conn| insert_application(conn, reference, application, submitted_at))?;
     Ok(())
 }
 
@@ -205,12 +206,28 @@ fn insert_application(
         .values((
             applications::reference.eq(reference.as_str()),
             applications::application.eq(application),
-            applications::status.eq(Status::Submitted.as_str()),
             applications::submitted_at.eq(submitted_at),
-            applications::updated_at.eq(submitted_at),
         ))
-        .execute(conn)
-        .map(drop)
+        .execute(conn)?;
+    diesel::insert_into(application_status::table).values(submitted_status(reference, submitted_at)).execute(conn)?;
+    Ok(())
+}
+
+/// The status row of a new application.
+#[allow(clippy::type_complexity)]
+fn submitted_status(
+    reference: &Reference,
+    at: DateTime<Utc>,
+) -> (
+    diesel::dsl::Eq<application_status::reference, &str>,
+    diesel::dsl::Eq<application_status::status, &'static str>,
+    diesel::dsl::Eq<application_status::updated_at, DateTime<Utc>>,
+) {
+    (
+        application_status::reference.eq(reference.as_str()),
+        application_status::status.eq(Status::Submitted.as_str()),
+        application_status::updated_at.eq(at),
+    )
 }
 
 fn try_record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Result<Recorded, DbError> {
@@ -253,18 +270,19 @@ pub struct StatusView {
     pub offer: Option<Offer>,
 }
 
-type ApplicationRow = (String, Option<String>, Option<Value>, DateTime<Utc>, DateTime<Utc>);
+type StatusRow = (String, Option<String>, Option<Value>, DateTime<Utc>, DateTime<Utc>);
 type DecisionRow = (String, String, String, String, DateTime<Utc>);
 
 pub fn load_status(conn: &mut PgConnection, reference: &Reference) -> Result<Option<StatusView>, DbError> {
-    let row: Option<ApplicationRow> = applications::table
-        .find(reference.as_str())
+    let row: Option<StatusRow> = application_status::table
+        .inner_join(applications::table)
+        .filter(application_status::reference.eq(reference.as_str()))
         .select((
-            applications::status,
-            applications::current_level,
-            applications::offer,
+            application_status::status,
+            application_status::current_level,
+            application_status::offer,
             applications::submitted_at,
-            applications::updated_at,
+            application_status::updated_at,
         ))
         .first(conn)
         .optional()?;
@@ -273,9 +291,11 @@ pub fn load_status(conn: &mut PgConnection, reference: &Reference) -> Result<Opt
     };
     let decisions =
         decisions_of(conn, &[reference.as_str().to_owned()])?.remove(reference.as_str()).unwrap_or_default();
+    // The CHECK constraint keeps the column to known statuses; anything else is an
+    // error, never quietly shown as some other status.
+    let status = Status::parse(&status).ok_or_else(|| DbError::Corrupt(format!("unknown status {status:?}")))?;
     Ok(Some(StatusView {
-        // The CHECK constraint keeps the column to known statuses.
-        status: Status::parse(&status).unwrap_or(Status::Failed),
+        status,
         current_level,
         submitted_at,
         updated_at,
@@ -284,71 +304,16 @@ pub fn load_status(conn: &mut PgConnection, reference: &Reference) -> Result<Opt
     }))
 }
 
-/// What applying a status event did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// The projection moved forward.
-    Advanced,
-    /// Stale or repeated: nothing changed (a final status never changes).
-    Unchanged,
-    /// No application with that reference.
-    UnknownReference,
-}
-
-/// Applies one status event, idempotently and in any order: the decision is added
-/// once per level, and the status moves only forward (by `seq`) and never out of a
-/// final state.
-///
-/// One statement, so one round trip and atomic without an explicit transaction: the
-/// `UPDATE` takes the row lock, and PostgreSQL re-checks its `seq` condition after
-/// waiting for it, so concurrent events for one application apply in `seq` order.
-pub fn apply_event(conn: &mut PgConnection, reference: &Reference, event: &StatusEvent) -> Result<Applied, DbError> {
-    use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Timestamptz};
-
-    #[derive(QueryableByName)]
-    struct Counts {
-        #[diesel(sql_type = BigInt)]
-        known: i64,
-        #[diesel(sql_type = BigInt)]
-        advanced: i64,
-    }
-
-    let d = event.decision.as_ref();
-    let finals: Vec<&str> = Status::ALL.iter().filter(|s| s.is_final()).map(|s| s.as_str()).collect();
-    let seq = i32::try_from(event.seq).unwrap_or(i32::MAX);
-    let counts: Counts = diesel::sql_query(
-        "WITH app AS (SELECT reference FROM applications WHERE reference = $1), \
-         decided AS ( \
-           INSERT INTO decisions (reference, level, seq, outcome, reason, decided_by, decided_at) \
-           SELECT reference, $2, $3, $4, $5, $6, $7 FROM app WHERE $2 IS NOT NULL \
-           ON CONFLICT DO NOTHING), \
-         moved AS ( \
-           UPDATE applications SET status = $8, current_level = $9, seq = $3, offer = $10, \
-                  updated_at = $11, score = COALESCE($12, score) \
-           WHERE reference = $1 AND seq < $3 \
-             AND status <> ALL($13) \
-           RETURNING 1) \
-         SELECT (SELECT count(*) FROM app) AS known, (SELECT count(*) FROM moved) AS advanced",
-    )
-    .bind::<Text, _>(reference.as_str())
-    .bind::<Nullable<Text>, _>(d.map(|d| d.level.clone()))
-    .bind::<Int4, _>(seq)
-    .bind::<Nullable<Text>, _>(d.map(|d| d.outcome.as_str()))
-    .bind::<Nullable<Text>, _>(d.map(|d| d.reason.clone()))
-    .bind::<Nullable<Text>, _>(d.map(|d| String::from(d.decided_by.clone())))
-    .bind::<Nullable<Timestamptz>, _>(d.map(|d| d.decided_at))
-    .bind::<Text, _>(event.status.as_str())
-    .bind::<Nullable<Text>, _>(event.current_level.clone())
-    .bind::<Nullable<Jsonb>, _>(event.offer.as_ref().and_then(|o| serde_json::to_value(o).ok()))
-    .bind::<Timestamptz, _>(event.occurred_at)
-    .bind::<Nullable<Int4>, _>(event.score.map(i32::from))
-    .bind::<Array<Text>, _>(finals)
-    .get_result(conn)?;
-    Ok(match (counts.known, counts.advanced) {
-        (0, _) => Applied::UnknownReference,
-        (_, 0) => Applied::Unchanged,
-        _ => Applied::Advanced,
-    })
+/// Applies status events, idempotently and in any order, in one statement (see
+/// [`ApplyEvents`]): each decision is added once per level, and each application's
+/// status moves only forward (by `seq`) and never out of a final state. Returns the
+/// references among them that exist; an event for any other is ignored.
+pub fn apply_events<'a>(
+    conn: &mut PgConnection,
+    events: impl IntoIterator<Item = (&'a Reference, &'a StatusEvent)>,
+) -> Result<HashSet<String>, DbError> {
+    let known = ApplyEvents::new(events).load::<Known>(conn)?;
+    Ok(known.into_iter().map(|k| k.reference).collect())
 }
 
 /// An application waiting for a person, with what the person needs to decide.
@@ -367,18 +332,18 @@ const INBOX_LIMIT: i64 = 200;
 
 /// Applications waiting at any of `levels`, oldest first.
 pub fn waiting_at(conn: &mut PgConnection, levels: &[String]) -> Result<Vec<Waiting>, DbError> {
-    type WaitingRow = (String, Option<String>, Value, Option<i32>, DateTime<Utc>);
-    let rows: Vec<WaitingRow> = applications::table
-        .filter(applications::status.eq(Status::AwaitingApprover.as_str()))
-        .filter(applications::current_level.eq_any(levels))
-        .order(applications::updated_at.asc())
+    type WaitingRow = (String, String, Value, Option<i32>, DateTime<Utc>);
+    let rows: Vec<WaitingRow> = awaiting::table
+        .inner_join(applications::table.inner_join(application_status::table))
+        .filter(awaiting::level.eq_any(levels))
+        .order(awaiting::since.asc())
         .limit(INBOX_LIMIT)
         .select((
-            applications::reference,
-            applications::current_level,
+            awaiting::reference,
+            awaiting::level,
             applications::application,
-            applications::score,
-            applications::updated_at,
+            application_status::score,
+            awaiting::since,
         ))
         .load(conn)?;
     let references: Vec<String> = rows.iter().map(|row| row.0.clone()).collect();
@@ -388,7 +353,7 @@ pub fn waiting_at(conn: &mut PgConnection, levels: &[String]) -> Result<Vec<Wait
         .map(|(reference, level, application, score, waiting_since)| Waiting {
             decisions: decisions.remove(&reference).unwrap_or_default(),
             reference,
-            level: level.unwrap_or_default(),
+            level,
             application,
             score,
             waiting_since,
@@ -429,16 +394,17 @@ pub fn request_decision(
 ) -> Result<bool, DbError> {
     conn.transaction(|conn| {
         let moved = diesel::update(
-            applications::table
-                .filter(applications::reference.eq(reference.as_str()))
-                .filter(applications::status.eq(Status::AwaitingApprover.as_str()))
-                .filter(applications::current_level.eq(level)),
+            application_status::table
+                .filter(application_status::reference.eq(reference.as_str()))
+                .filter(application_status::status.eq(Status::AwaitingApprover.as_str()))
+                .filter(application_status::current_level.eq(level)),
         )
-        .set((applications::status.eq(Status::InReview.as_str()), applications::updated_at.eq(Utc::now())))
+        .set((application_status::status.eq(Status::InReview.as_str()), application_status::updated_at.eq(Utc::now())))
         .execute(conn)?;
         if moved == 0 {
             return Ok(false);
         }
+        diesel::delete(awaiting::table.find(reference.as_str())).execute(conn)?;
         insert_outbox(conn, message)?;
         Ok(true)
     })

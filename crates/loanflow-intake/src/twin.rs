@@ -54,7 +54,7 @@ impl TwinChain {
 
 async fn project(state: &AppState, reference: &Reference, event: StatusEvent) -> Result<(), ApiError> {
     let reference = reference.clone();
-    blocking(&state.pool, move |conn| store::apply_event(conn, &reference, &event)).await?;
+    blocking(&state.pool, move |conn| store::apply_events(conn, [(&reference, &event)])).await?;
     Ok(())
 }
 

@@ -36,6 +36,8 @@ pub enum DbError {
     Encode(String),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    #[error("unexpected value in the database: {0}")]
+    Corrupt(String),
 }
 
 /// `[a-z_][a-z0-9_]*`: schema names are spliced into SQL, so only plain identifiers

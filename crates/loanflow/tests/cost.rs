@@ -39,7 +39,7 @@ async fn statements_per_application_stay_batched() {
         let system = &system;
         async move {
             system.count("ledger", "loans", None).await == n
-                && system.count_matching("intake", "applications", "status = 'approved'").await == n
+                && system.count_matching("intake", "application_status", "status = 'approved'").await == n
         }
     };
     assert!(wait_until(Duration::from_secs(10), || settled(1)).await);

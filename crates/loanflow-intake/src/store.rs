@@ -14,8 +14,8 @@ use loanflow_domain::rules::Offer;
 use loanflow_domain::{Decision, Reference, Status};
 use loanflow_platform::db::DbError;
 
-use crate::projection_sql::{ApplyEvents, Known};
 use crate::schema::{application_status, applications, awaiting, decisions, outbox};
+use crate::sql::{ApplyEvents, InsertSubmissions, Known};
 
 /// A message waiting in the outbox.
 #[derive(Debug, Clone, QueryableByName)]
@@ -102,6 +102,12 @@ pub fn record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Res
 /// first's reference). All or nothing: on an error the caller records them one by one.
 pub fn record_group(conn: &mut PgConnection, group: &[(&Submission, Option<&str>)]) -> Result<Vec<Recorded>, DbError> {
     use crate::schema::idempotency_keys;
+    if group.iter().all(|(_, key)| key.is_none()) {
+        // Nothing to look up first: one statement, one round trip, for the whole group.
+        // One statement is atomic: it recorded every submission of the group, or none.
+        InsertSubmissions::new(group.iter().map(|(s, _)| *s)).execute(conn)?;
+        return Ok(vec![Recorded::New; group.len()]);
+    }
     conn.transaction(|conn| {
         let keys: Vec<&str> = group.iter().filter_map(|(_, key)| *key).collect();
         let earlier: HashMap<String, (String, Value)> = if keys.is_empty() {

@@ -1,6 +1,9 @@
-//! The projection's one statement per batch: every status event of a delivery batch
-//! applied at once, its arrays bound as parameters (`unnest`), as a prepared statement
-//! that each connection plans once (diesel caches it: its SQL never changes).
+//! The intake's hot statements, each a whole batch in one statement, its rows bound as
+//! arrays (`unnest`), and prepared: each connection plans it once (diesel caches it,
+//! since its SQL never changes with the batch's size, unlike a multi-row `VALUES`).
+//!
+//! [`InsertSubmissions`] records a group of submissions; [`ApplyEvents`] is the
+//! projection's statement for a batch of status events.
 //!
 //! Per application, it does what applying the events one by one in sequence order
 //! would: every decision recorded once, and the status row moved to its latest event
@@ -10,13 +13,94 @@
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz, Untyped};
+use diesel::sql_types::{Array, Bytea, Int4, Jsonb, Nullable, Text, Timestamptz, Untyped};
 use diesel::RunQueryDsl;
 
 use chrono::{DateTime, Utc};
 
 use loanflow_domain::messages::StatusEvent;
 use loanflow_domain::{Reference, Status};
+
+use crate::store::Submission;
+
+/// New submissions (no idempotency key to check), with their outbox messages, in one
+/// statement: atomic without an explicit transaction, and one round trip for a group.
+#[derive(Debug, Default)]
+pub struct InsertSubmissions {
+    reference: Vec<String>,
+    application: Vec<serde_json::Value>,
+    submitted_at: Vec<DateTime<Utc>>,
+    message_id: Vec<uuid::Uuid>,
+    exchange: Vec<String>,
+    routing_key: Vec<String>,
+    payload: Vec<Vec<u8>>,
+}
+
+impl InsertSubmissions {
+    pub fn new<'a>(submissions: impl IntoIterator<Item = &'a Submission>) -> InsertSubmissions {
+        let mut q = InsertSubmissions::default();
+        for s in submissions {
+            q.reference.push(s.reference.as_str().to_owned());
+            q.application.push(s.application.clone());
+            q.submitted_at.push(s.submitted_at);
+            q.message_id.push(s.message.message_id);
+            q.exchange.push(s.message.exchange.clone());
+            q.routing_key.push(s.message.routing_key.clone());
+            q.payload.push(s.message.payload.clone());
+        }
+        q
+    }
+}
+
+impl QueryId for InsertSubmissions {
+    type QueryId = InsertSubmissions;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for InsertSubmissions {
+    type SqlType = Untyped;
+}
+
+impl<Conn> RunQueryDsl<Conn> for InsertSubmissions {}
+
+impl QueryFragment<Pg> for InsertSubmissions {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> diesel::QueryResult<()> {
+        // The foreign keys of the status row and the outbox are checked at the end of
+        // the statement, when the applications inserted beside them are visible.
+        out.push_sql(
+            "WITH app AS (INSERT INTO applications (reference, application, submitted_at) SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.reference)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Jsonb>, _>(&self.application)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.submitted_at)?;
+        out.push_sql(
+            ")), \
+             status AS (INSERT INTO application_status (reference, status, updated_at) \
+                        SELECT reference, 'submitted', at FROM unnest(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.reference)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.submitted_at)?;
+        out.push_sql(
+            ") AS s(reference, at)), \
+             queued AS (INSERT INTO outbox (message_id, reference, exchange, routing_key, payload) \
+                        SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(&self.message_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.reference)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.exchange)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.routing_key)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Bytea>, _>(&self.payload)?;
+        out.push_sql(") RETURNING 1) SELECT count(*) FROM queued");
+        Ok(())
+    }
+}
 
 /// The events of one batch, as columns.
 #[derive(Debug, Default)]

@@ -116,6 +116,10 @@ impl Session<'_> {
         let slots = Arc::new(Semaphore::new(usize::from(broker.batch_concurrency.max(1))));
         let tracker = TaskTracker::new();
         let mut check = tokio::time::interval(CONNECTION_CHECK);
+        // A batch is taken only once a slot is free (while every slot is busy the channel
+        // keeps buffering, so the next batch is larger); the loop never blocks, so it
+        // keeps watching the connection and the shutdown signal meanwhile.
+        let mut slot = None;
         let outcome = loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
@@ -127,7 +131,8 @@ impl Session<'_> {
                         break Err(BrokerError::ConnectionLost);
                     }
                 }
-                next = batches.next() => {
+                permit = slots.clone().acquire_owned(), if slot.is_none() => slot = permit.ok(),
+                next = batches.next(), if slot.is_some() => {
                     let Some(items) = next else { break Err(BrokerError::ConsumerEnded) };
                     let mut deliveries = Vec::with_capacity(items.len());
                     let mut failed = None;
@@ -143,10 +148,7 @@ impl Session<'_> {
                             watermark.delivered(delivery.delivery_tag);
                         }
                         drop(watermark);
-                        // Waits while `batch_concurrency` batches are in progress; the
-                        // channel keeps buffering, so the next batch is larger.
-                        let Ok(slot) = slots.clone().acquire_owned().await else { break Ok(()) };
-                        let (handler, settler) = (handler.clone(), settler.clone());
+                        let (handler, settler, slot) = (handler.clone(), settler.clone(), slot.take());
                         tracker.spawn(async move {
                             settler.settle(deliveries, handler).await;
                             drop(slot);
@@ -159,6 +161,10 @@ impl Session<'_> {
             }
         };
         tracker.close();
+        if outcome.is_err() {
+            // Not ready from this moment, not only once the batches in progress give up.
+            self.health.set(false);
+        }
         if outcome.is_ok() {
             // A clean stop: every batch finishes and settles what it holds.
             tracker.wait().await;

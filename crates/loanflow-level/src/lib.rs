@@ -154,6 +154,16 @@ struct Item {
     last_attempt: bool,
 }
 
+/// An item whose rule decided, until its batch's writes are done: what a failure of
+/// those writes needs to retry it, or, on its last attempt, to announce it `failed`.
+struct Decided {
+    index: usize,
+    message_id: uuid::Uuid,
+    reference: Reference,
+    decided_so_far: usize,
+    last_attempt: bool,
+}
+
 /// What each item's rule came to, ready to be written and announced.
 struct Outcomes {
     /// Events to announce, confirmed before any work is forwarded: the status never
@@ -237,10 +247,19 @@ impl Level {
         let mut decided = Vec::new();
         for (item, step) in fresh.into_iter().zip(steps) {
             match step {
-                Ok(step) => match self.outcome(item.reference.clone(), item.work, step, &mut outcomes) {
-                    Ok(()) => decided.push((item.index, item.message_id)),
-                    Err(e) => answers.push((item.index, Disposition::DeadLetter(e.to_string()))),
-                },
+                Ok(step) => {
+                    let done = Decided {
+                        index: item.index,
+                        message_id: item.message_id,
+                        reference: item.reference.clone(),
+                        decided_so_far: item.work.decisions.len(),
+                        last_attempt: item.last_attempt,
+                    };
+                    match self.outcome(item.reference.clone(), item.work, step, &mut outcomes) {
+                        Ok(()) => decided.push(done),
+                        Err(e) => answers.push((item.index, Disposition::DeadLetter(e.to_string()))),
+                    }
+                }
                 Err(e) => {
                     let decided_so_far = Some(item.work.decisions.len());
                     let answer =
@@ -255,7 +274,7 @@ impl Level {
                 // Recorded only once everything above is committed and confirmed: a crash
                 // before this redelivers the batch and the steps are done again, with the
                 // same message ids, which the next consumers recognise.
-                let ids: Vec<uuid::Uuid> = decided.iter().map(|(_, id)| *id).collect();
+                let ids: Vec<uuid::Uuid> = decided.iter().map(|d| d.message_id).collect();
                 blocking(&self.pool, move |conn| inbox::record_all(conn, &ids)).await.map_err(StepError::Db)
             }
             Err(e) => Err(e),
@@ -272,10 +291,13 @@ impl Level {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "batch not completed");
+                for d in decided.iter().filter(|d| d.last_attempt) {
+                    self.announce_failure(&d.reference, d.decided_so_far, publisher).await;
+                }
                 Disposition::Retry(e.to_string())
             }
         };
-        answers.extend(decided.into_iter().map(|(index, _)| (index, answer.clone())));
+        answers.extend(decided.into_iter().map(|d| (d.index, answer.clone())));
         answers
     }
 

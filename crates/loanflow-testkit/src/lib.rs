@@ -58,6 +58,9 @@ fn management_api() -> String {
 /// How often a condition is re-checked while waiting for it.
 const POLL: Duration = Duration::from_millis(25);
 
+/// How long the end of a test waits for the outbox to empty.
+const SETTLE: Duration = Duration::from_secs(10);
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -101,6 +104,10 @@ pub struct TestSystem {
     services: Vec<Running>,
     levels: Vec<(String, CancellationToken, Running)>,
     extra_schemas: Vec<String>,
+    expect_dead_letters: bool,
+    allow_unsent_outbox: bool,
+    /// Set once the vhost and the schemas are gone.
+    removed: bool,
 }
 
 impl TestSystem {
@@ -180,6 +187,9 @@ impl TestSystem {
             services: vec![bureau, ledger, intake],
             levels: Vec::new(),
             extra_schemas: Vec::new(),
+            expect_dead_letters: false,
+            allow_unsent_outbox: false,
+            removed: false,
         };
         system.declare_topology().await?;
         if options.levels {
@@ -429,8 +439,45 @@ impl TestSystem {
         }
     }
 
-    /// Stops every service, then removes the vhost and the schemas.
-    pub async fn shutdown(mut self) {
+    /// This test means to leave dead letters behind (it injects poison, or spends a
+    /// retry budget): [`TestSystem::shutdown`] does not count them against it.
+    pub fn expect_dead_letters(&mut self) {
+        self.expect_dead_letters = true;
+    }
+
+    /// This test means to leave outbox rows unsent (its intake never reaches the
+    /// broker): [`TestSystem::shutdown`] does not count them against it.
+    pub fn allow_unsent_outbox(&mut self) {
+        self.allow_unsent_outbox = true;
+    }
+
+    /// Ends the test: checks the invariants no assertion of a test should have to
+    /// repeat, stops every service, removes the vhost and the schemas, and fails the
+    /// test if an invariant did not hold (as crates.io's `TestApp` fails a test that
+    /// leaves background jobs behind).
+    pub async fn shutdown(self) {
+        let broken = self.finish().await;
+        assert!(broken.is_empty(), "the test left the system in a state it should not: {broken:?}");
+    }
+
+    /// [`TestSystem::shutdown`], returning the invariants that did not hold instead of
+    /// failing: every outbox row was sent (within [`SETTLE`] of the end), and no dead
+    /// letter is left that the test did not expect.
+    pub async fn finish(mut self) -> Vec<String> {
+        let mut broken = Vec::new();
+        if !self.allow_unsent_outbox {
+            let sent = wait_until(SETTLE, || async { self.count("intake", "outbox", None).await == 0 }).await;
+            if !sent {
+                let rows = self.count("intake", "outbox", None).await;
+                broken.push(format!("{rows} unsent outbox row(s)"));
+            }
+        }
+        if !self.expect_dead_letters {
+            let letters = self.queue_depth(loanflow_platform::broker::DEAD_LETTER_QUEUE).await;
+            if letters > 0 {
+                broken.push(format!("{letters} unexpected dead letter(s)"));
+            }
+        }
         self.stop_levels().await;
         self.stop.cancel();
         for service in self.services.drain(..) {
@@ -438,25 +485,60 @@ impl TestSystem {
         }
         // The services are stopped, so the vhost is quiet: deleting its quorum queues
         // now avoids the broker bug that hits deletions under traffic (rabbitmq/ra#484).
-        if let Err(e) = delete_vhost(&self.vhost).await {
-            eprintln!("warning: test vhost {} not deleted: {e:#}", self.vhost);
-        }
+        remove(&self.vhost, self.schemas()).await;
+        self.removed = true;
+        broken
+    }
+
+    /// Every schema this test created.
+    fn schemas(&self) -> Vec<String> {
         let mut schemas =
             vec![self.settings.intake.database.schema.clone(), self.settings.ledger.database.schema.clone()];
         for level in &self.settings.chain.levels {
             schemas.push(format!("{}{level}", self.settings.levels.database.schema));
         }
-        schemas.append(&mut self.extra_schemas);
-        let url = format!("{}/{TEST_DATABASE}", pg_server());
-        let _ = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let mut conn = PgConnection::establish(&url)?;
-            for schema in schemas {
-                conn.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))?;
-            }
-            Ok(())
-        })
-        .await;
+        schemas.extend(self.extra_schemas.iter().cloned());
+        schemas
     }
+}
+
+/// A test that panicked before [`TestSystem::shutdown`] still leaves nothing behind:
+/// its services are told to stop and, once they had a moment to go quiet, its vhost and
+/// schemas are removed (on a thread of its own, since `drop` cannot wait on the test's
+/// runtime).
+impl Drop for TestSystem {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        self.stop.cancel();
+        let (vhost, schemas) = (self.vhost.clone(), self.schemas());
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async {
+                // Let the cancelled consumers and relays let go of their queues first.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                remove(&vhost, schemas).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Deletes a test's vhost and drops its schemas.
+async fn remove(vhost: &str, schemas: Vec<String>) {
+    if let Err(e) = delete_vhost(vhost).await {
+        eprintln!("warning: test vhost {vhost} not deleted: {e:#}");
+    }
+    let url = format!("{}/{TEST_DATABASE}", pg_server());
+    let _ = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut conn = PgConnection::establish(&url)?;
+        for schema in schemas {
+            conn.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))?;
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// A level started behind a fault proxy.

@@ -200,8 +200,9 @@ async fn unknown_and_malformed_references_are_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submissions_are_accepted_while_the_broker_is_unreachable() {
-    let system =
+    let mut system =
         TestSystem::start_with(Options { levels: false, intake_broker_down: true, ..Options::default() }).await;
+    system.allow_unsent_outbox();
     let reference = system.submit_ok(&application(720)).await;
     assert_eq!(system.status(&reference).await["status"], "submitted");
     assert_eq!(system.count("intake", "outbox", Some(&reference)).await, 1, "the message waits in the outbox");

@@ -256,7 +256,8 @@ async fn the_same_message_delivered_twice_is_decided_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_at_once_and_the_line_moves_on() {
-    let system = TestSystem::start().await;
+    let mut system = TestSystem::start().await;
+    system.expect_dead_letters();
     let mut unknown_version = serde_json::to_value(application(720)).unwrap();
     unknown_version = serde_json::json!({
         "message_id": "5f0c6a2e-0000-4000-8000-000000000001",
@@ -331,7 +332,8 @@ async fn a_database_outage_at_a_level_delays_applications_without_failing_them()
 async fn level_queues_are_quorum_queues_whose_delivery_limit_dead_letters_a_crashing_message() {
     let mut options = Options { levels: false, ..Options::default() };
     options.retry.max_attempts = 10;
-    let system = TestSystem::start_with(options).await;
+    let mut system = TestSystem::start_with(options).await;
+    system.expect_dead_letters();
     let api = "http://127.0.0.1:15672/api";
     for level in ["kyc", "credit", "underwriting", "manager", "ledger"] {
         let url = format!("{api}/queues/{}/{}", system.vhost, step_queue(level));
@@ -373,6 +375,7 @@ async fn level_queues_are_quorum_queues_whose_delivery_limit_dead_letters_a_cras
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_inside_a_batch_dead_letters_alone_while_its_batch_mates_go_on() {
     let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    system.expect_dead_letters();
     // Twenty applications and one poison message between them wait in the kyc queue,
     // so that kyc, once started, takes them in batches.
     let mut refs = submit_many(&system, 10).await;

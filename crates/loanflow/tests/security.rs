@@ -140,7 +140,8 @@ async fn the_twin_answers_only_callers_with_its_secret_and_books_only_what_the_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_books_only_what_the_chain_approved_whoever_publishes_the_message() {
-    let system = TestSystem::start().await;
+    let mut system = TestSystem::start().await;
+    system.expect_dead_letters();
     let reference = system.submit_ok(&big_ticket()).await;
     system.wait_for_status(&reference, "awaiting_approver", Duration::from_secs(30)).await;
 
@@ -203,4 +204,30 @@ async fn no_twin_process_starts_without_a_secret() {
     assert!(matches!(ledger, Err(loanflow_ledger::StartError::NoTwinSecret)), "{ledger:?}");
     let intake = loanflow_intake::twin::start(settings, stop).await;
     assert!(matches!(intake, Err(loanflow_intake::StartError::NoTwinSecret)), "{intake:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_that_leaves_an_unsent_outbox_row_or_a_dead_letter_fails() {
+    // The intake never reaches the broker, so its outbox row stays unsent.
+    let options = loanflow_testkit::Options { intake_broker_down: true, ..Default::default() };
+    let system = TestSystem::start_with(options).await;
+    system.submit_ok(&application(720)).await;
+    let broken = system.finish().await;
+    assert_eq!(broken, ["1 unsent outbox row(s)"], "the harness names what was left behind");
+
+    // A dead letter nobody expected fails the test too.
+    let system = TestSystem::start().await;
+    let conn = system.amqp().await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let poison = b"not a message";
+    let queue = step_queue("kyc");
+    let props = BasicProperties::default();
+    channel
+        .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), poison, props)
+        .await
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || async { system.queue_depth(DEAD_LETTER_QUEUE).await == 1 }).await);
+    conn.close(200, "bye".into()).await.unwrap();
+    assert_eq!(system.finish().await, ["1 unexpected dead letter(s)"]);
 }

@@ -88,9 +88,17 @@ async fn set_faults(req: HttpRequest, body: web::Json<FaultsBody>, faults: web::
     HttpResponse::Ok().json(&*body)
 }
 
-/// `GET /api/scores/{national_id}` → `{"score": 720}`. The id is not echoed and not
-/// logged: it is personal data.
-async fn score(path: web::Path<String>, faults: web::Data<Faults>) -> HttpResponse {
+/// What credit asks: the national id travels in the body, never in the URL (proxies and
+/// access logs record paths).
+// No `Debug`: the id is personal data and must not reach a log by accident.
+#[derive(Deserialize, Serialize)]
+pub struct ScoreRequest {
+    pub national_id: String,
+}
+
+/// `POST /api/scores` with `{"national_id": "..."}` → `{"score": 720}`. The id is not
+/// echoed and not logged: it is personal data.
+async fn score(body: web::Json<ScoreRequest>, faults: web::Data<Faults>) -> HttpResponse {
     if faults.down.load(Ordering::Relaxed) {
         return HttpResponse::ServiceUnavailable()
             .json(ErrorBody { error: "unavailable", message: "the bureau is down (simulated outage)" });
@@ -99,7 +107,7 @@ async fn score(path: web::Path<String>, faults: web::Data<Faults>) -> HttpRespon
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    match NationalId::parse(&path) {
+    match NationalId::parse(&body.national_id) {
         Ok(id) => HttpResponse::Ok().json(ScoreBody { score: bureau_score(&id) }),
         Err(why) => HttpResponse::UnprocessableEntity().json(ErrorBody { error: "invalid_national_id", message: why }),
     }
@@ -114,7 +122,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     });
     let routes = move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(faults.clone())
-            .route("/api/scores/{national_id}", web::get().to(score))
+            .route("/api/scores", web::post().to(score))
             .route("/admin/faults", web::get().to(get_faults))
             .route("/admin/faults", web::put().to(set_faults));
     };

@@ -93,6 +93,9 @@ fn serve(
                         "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
                     ))
                     .add(("X-Content-Type-Options", "nosniff"))
+                    // Pages and answers carry personal data: no cache (a shared browser,
+                    // a proxy) keeps a copy.
+                    .add(("Cache-Control", "no-store"))
                     .add(("Referrer-Policy", "same-origin")),
             )
             .default_service(web::to(api::not_found))

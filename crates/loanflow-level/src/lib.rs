@@ -557,9 +557,10 @@ impl Rule {
 
     /// Asks the bureau, synchronously: credit cannot decide without the score.
     async fn fetch_score(&self, national_id: &str) -> Result<u16, StepError> {
-        let url = format!("{}/api/scores/{national_id}", self.policies.bureau_url.trim_end_matches('/'));
+        let url = format!("{}/api/scores", self.policies.bureau_url.trim_end_matches('/'));
         let unavailable = |e: reqwest::Error| StepError::BureauUnavailable(e.without_url().to_string());
-        let response = self.bureau.get(url).send().await.map_err(unavailable)?;
+        let request = serde_json::json!({ "national_id": national_id });
+        let response = self.bureau.post(url).json(&request).send().await.map_err(unavailable)?;
         let response = response.error_for_status().map_err(unavailable)?;
         let body: ScoreBody = response.json().await.map_err(unavailable)?;
         Ok(body.score)

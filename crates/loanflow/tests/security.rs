@@ -231,3 +231,17 @@ async fn a_test_that_leaves_an_unsent_outbox_row_or_a_dead_letter_fails() {
     conn.close(200, "bye".into()).await.unwrap();
     assert_eq!(system.finish().await, ["1 unexpected dead letter(s)"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_and_pages_that_carry_personal_data_are_never_cached() {
+    let system = TestSystem::start().await;
+    let reference = system.submit_ok(&application(720)).await;
+    for path in [format!("/api/loans/{reference}"), format!("/loans/{reference}"), "/".to_owned()] {
+        let answer = system.http.get(system.url(&path)).send().await.unwrap();
+        assert!(answer.status().is_success(), "{path}: {}", answer.status());
+        let cache = answer.headers().get("cache-control").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert_eq!(cache, "no-store", "{path}");
+    }
+    system.wait_for_status(&reference, "approved", Duration::from_secs(30)).await;
+    system.shutdown().await;
+}

@@ -12,21 +12,31 @@ use crate::application::{Application, NationalId};
 use crate::money::Money;
 use crate::status::Outcome;
 
-/// What a level decided, with the reason shown to the applicant.
+/// What a level decided, with the reason shown to the applicant and, where that reason
+/// is kept neutral on purpose, the precise one, which stays in the level's own records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub outcome: Outcome,
     pub reason: String,
+    /// Never shown to the applicant nor published: a sanctions hit, told to the
+    /// applicant, would tip them off.
+    pub internal_reason: Option<String>,
 }
 
 impl Verdict {
     fn approve(reason: impl Into<String>) -> Verdict {
-        Verdict { outcome: Outcome::Approved, reason: reason.into() }
+        Verdict { outcome: Outcome::Approved, reason: reason.into(), internal_reason: None }
     }
     fn reject(reason: impl Into<String>) -> Verdict {
-        Verdict { outcome: Outcome::Rejected, reason: reason.into() }
+        Verdict { outcome: Outcome::Rejected, reason: reason.into(), internal_reason: None }
+    }
+    fn reject_quietly(public: impl Into<String>, internal: impl Into<String>) -> Verdict {
+        Verdict { outcome: Outcome::Rejected, reason: public.into(), internal_reason: Some(internal.into()) }
     }
 }
+
+/// The public reason of a kyc rejection whose cause must not be told.
+pub const IDENTITY_NOT_CONFIRMED: &str = "identity checks could not be completed";
 
 /// The kinds of approval level the system knows. A chain names levels; each level
 /// process is configured with its kind, so a product can add a second level of an
@@ -77,7 +87,7 @@ pub fn age_on(date_of_birth: NaiveDate, on: NaiveDate) -> i32 {
 pub fn kyc(app: &Application, submitted_on: NaiveDate, policy: &KycPolicy) -> Verdict {
     let applicant = &app.applicant;
     if policy.sanctions.iter().any(|s| s == applicant.national_id.as_str()) {
-        return Verdict::reject("applicant is on the sanctions list");
+        return Verdict::reject_quietly(IDENTITY_NOT_CONFIRMED, "applicant is on the sanctions list");
     }
     let minimum = i32::try_from(policy.minimum_age).unwrap_or(i32::MAX);
     if age_on(applicant.date_of_birth, submitted_on) < minimum {
@@ -308,7 +318,9 @@ mod tests {
         let minor = kyc(&turns_18_tomorrow, on, &policy);
         assert_eq!(minor, Verdict::reject("applicant is under 18"));
         let sanctioned = kyc(&adult("SANCTIONED1"), on, &policy);
-        assert_eq!(sanctioned, Verdict::reject("applicant is on the sanctions list"));
+        assert_eq!(sanctioned.outcome, Outcome::Rejected);
+        assert_eq!(sanctioned.reason, IDENTITY_NOT_CONFIRMED, "the applicant is not tipped off");
+        assert_eq!(sanctioned.internal_reason.as_deref(), Some("applicant is on the sanctions list"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use tokio_util::sync::CancellationToken;
@@ -173,6 +173,8 @@ struct Outcomes {
     forwards: Vec<(Reference, WorkItem)>,
     /// Applications that wait for a person, stored before they are announced.
     waiting: Vec<(String, serde_json::Value)>,
+    /// Precise reasons behind neutral public ones, kept in this level's own table.
+    internal: Vec<(String, String, DateTime<Utc>)>,
 }
 
 impl Level {
@@ -243,7 +245,8 @@ impl Level {
             .collect();
 
         let steps = join_all(fresh.iter_mut().map(|item| self.rule.decide(&mut item.work))).await;
-        let mut outcomes = Outcomes { events: Vec::new(), forwards: Vec::new(), waiting: Vec::new() };
+        let mut outcomes =
+            Outcomes { events: Vec::new(), forwards: Vec::new(), waiting: Vec::new(), internal: Vec::new() };
         let mut decided = Vec::new();
         for (item, step) in fresh.into_iter().zip(steps) {
             match step {
@@ -327,6 +330,9 @@ impl Level {
                 outcomes.events.push((reference, event));
             }
             Step::Decided(verdict) => {
+                if let Some(internal) = verdict.internal_reason {
+                    outcomes.internal.push((reference.as_str().to_owned(), internal, now));
+                }
                 let decision = Decision {
                     level: self.name.clone(),
                     outcome: verdict.outcome,
@@ -349,18 +355,25 @@ impl Level {
     /// Stores the waiting applications (one statement), then announces every event and
     /// waits for their confirms once, then forwards every approved item and waits once.
     async fn write_and_announce(&self, outcomes: Outcomes, publisher: &Publisher) -> Result<(), StepError> {
-        let Outcomes { events, forwards, waiting } = outcomes;
-        if !waiting.is_empty() {
+        let Outcomes { events, forwards, waiting, internal } = outcomes;
+        if !waiting.is_empty() || !internal.is_empty() {
             blocking(&self.pool, move |conn| {
-                let rows: Vec<_> = waiting
-                    .into_iter()
-                    .map(|(key, row)| (schema::waiting::reference.eq(key), schema::waiting::work.eq(row)))
-                    .collect();
-                diesel::insert_into(schema::waiting::table)
-                    .values(rows)
-                    .on_conflict_do_nothing()
-                    .execute(conn)
-                    .map_err(DbError::from)
+                use schema::{internal_reasons as notes, waiting as w};
+                if !waiting.is_empty() {
+                    let rows: Vec<_> =
+                        waiting.into_iter().map(|(key, row)| (w::reference.eq(key), w::work.eq(row))).collect();
+                    diesel::insert_into(w::table).values(rows).on_conflict_do_nothing().execute(conn)?;
+                }
+                if !internal.is_empty() {
+                    let rows: Vec<_> = internal
+                        .into_iter()
+                        .map(|(key, reason, at)| {
+                            (notes::reference.eq(key), notes::reason.eq(reason), notes::decided_at.eq(at))
+                        })
+                        .collect();
+                    diesel::insert_into(notes::table).values(rows).on_conflict_do_nothing().execute(conn)?;
+                }
+                Ok::<(), DbError>(())
             })
             .await?;
         }

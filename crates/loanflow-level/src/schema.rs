@@ -1,6 +1,14 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    internal_reasons (reference) {
+        reference -> Text,
+        reason -> Text,
+        decided_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     processed_messages (message_id) {
         message_id -> Uuid,
         processed_at -> Timestamptz,
@@ -15,4 +23,4 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(processed_messages, waiting,);
+diesel::allow_tables_to_appear_in_same_query!(internal_reasons, processed_messages, waiting,);

@@ -33,7 +33,7 @@ async fn the_smoke_scenario_meets_its_expectations() {
     // Every kind of outcome the scenario is built to produce, with its level and reason.
     for expected in [
         "rejected at kyc: applicant is under 18 (auto)",
-        "rejected at kyc: applicant is on the sanctions list (auto)",
+        "rejected at kyc: identity checks could not be completed (auto)",
         "rejected at credit: credit score below 580 (auto)",
         "rejected at underwriting: debt-to-income ratio above 0.43 (auto)",
         "approved at manager: within the automatic approval limit (auto)",

@@ -64,7 +64,7 @@ async fn every_outcome_of_the_default_chain() {
 
     let rejected_at = [
         (&refs[1], chain(&[("kyc", "rejected")]), "applicant is under 18"),
-        (&refs[2], chain(&[("kyc", "rejected")]), "applicant is on the sanctions list"),
+        (&refs[2], chain(&[("kyc", "rejected")]), "identity checks could not be completed"),
         (&refs[3], chain(&[("kyc", "approved"), ("credit", "rejected")]), "credit score below 580"),
         (
             &refs[4],
@@ -80,6 +80,13 @@ async fn every_outcome_of_the_default_chain() {
         assert_eq!(status["current_level"], Value::Null);
         assert_eq!(system.count("ledger", "loans", Some(reference)).await, 0);
     }
+    // The sanctions hit is told to nobody but kyc's own records.
+    let sanctioned = refs[2].as_str();
+    let noted = system.count_matching("kyc", "internal_reasons", &format!("reference = '{sanctioned}'")).await;
+    assert_eq!(noted, 1, "kyc keeps the precise reason");
+    let precise = "reason = 'applicant is on the sanctions list'";
+    assert_eq!(system.count_matching("kyc", "internal_reasons", precise).await, 1);
+    assert_eq!(system.count_matching("intake", "decisions", precise).await, 0, "the status never shows it");
 
     // Above the threshold: waits for a person at the manager level, persisted there.
     let status = system.wait_for_status(&refs[5], "awaiting_approver", FINAL_WITHIN).await;

@@ -57,6 +57,11 @@ impl ApiError {
             ApiError::StepUnavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             ApiError::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
             ApiError::NotAwaitingDecision => ("not_awaiting_decision", StatusCode::CONFLICT),
+            // No connection could be had in time: the database is down or saturated, which
+            // a retry may outlive. Everything else unexpected is a 500.
+            ApiError::Internal(DbError::Pool(_) | DbError::Unavailable(_)) => {
+                ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
+            }
             ApiError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
@@ -81,6 +86,12 @@ impl ResponseError for ApiError {
             // Logged once, here, with its cause; the client gets a fixed message.
             tracing::error!(error = %cause, "request failed");
         }
+        let message = match self {
+            ApiError::Internal(DbError::Pool(_) | DbError::Unavailable(_)) => {
+                "the service is unavailable; please try again later".to_owned()
+            }
+            other => other.to_string(),
+        };
         let fields = match self {
             ApiError::Validation(fields) => Some(fields),
             _ => None,
@@ -89,6 +100,20 @@ impl ResponseError for ApiError {
         if let ApiError::Unauthorized = self {
             response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
         }
-        response.json(ErrorBody { error, message: self.to_string(), fields })
+        response.json(ErrorBody { error, message, fields })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_that_cannot_be_reached_answers_503_and_other_failures_500() {
+        let unavailable = ApiError::Internal(DbError::Unavailable("timed out waiting for connection".into()));
+        assert_eq!(unavailable.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.code_and_status().0, "unavailable");
+        let broken = ApiError::Internal(DbError::Corrupt("unknown status".into()));
+        assert_eq!(broken.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -43,7 +43,11 @@ impl AppState {
     pub(crate) fn new(pool: PgPool, settings: &Settings, twin: Option<crate::twin::TwinChain>) -> AppState {
         let relay_wake = Arc::new(Notify::new());
         AppState {
-            writer: crate::writer::Writer::start(pool.clone(), relay_wake.clone()),
+            writer: crate::writer::Writer::start(
+                pool.clone(),
+                relay_wake.clone(),
+                chrono::Duration::hours(i64::from(settings.intake.idempotency_hours)),
+            ),
             pool,
             chain: Arc::new(settings.chain.levels.clone()),
             relay_wake,

@@ -53,6 +53,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     let relay_wake = state.relay_wake.clone();
     let (addr, tasks) = serve(&settings, state, health, &shutdown)?;
     tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, relay_health, shutdown.clone()));
+    let (keys, hours) = (pool.clone(), settings.intake.idempotency_hours);
+    let every = std::time::Duration::from_secs(settings.retention.sweep_minutes.saturating_mul(60));
+    tasks.spawn(loanflow_platform::retention::every(every, "idempotency keys", shutdown.clone(), move || {
+        let (keys, since) = (keys.clone(), chrono::Utc::now() - chrono::Duration::hours(i64::from(hours)));
+        async move { loanflow_platform::db::blocking(&keys, move |conn| store::forget_idempotency_keys(conn, since)).await }
+    }));
     tasks.spawn(broker::consume(
         settings,
         STATUS_QUEUE.to_owned(),

@@ -79,18 +79,26 @@ pub enum Recorded {
 /// Records an accepted application, its first message and its idempotency key
 /// atomically: all exist or none does. A key seen before returns the first
 /// submission's reference instead, and records nothing.
-pub fn record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Result<Recorded, DbError> {
+pub fn record(
+    conn: &mut PgConnection,
+    s: &Submission,
+    key: Option<&str>,
+    keys_since: DateTime<Utc>,
+) -> Result<Recorded, DbError> {
     // Two requests with the same new key can race; the loser's insert violates the
     // key's primary key, and its second pass finds the winner's row.
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match try_record(conn, s, key) {
+        let recorded = record_group(conn, &[(s, key)], keys_since).map(|mut r| r.pop());
+        match recorded {
+            Ok(Some(recorded)) => return Ok(recorded),
+            Ok(None) => return Err(DbError::Corrupt("a submission was not answered".into())),
             Err(DbError::Query(diesel::result::Error::DatabaseError(
                 diesel::result::DatabaseErrorKind::UniqueViolation,
                 _,
             ))) if attempt < 2 && key.is_some() => continue,
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -100,7 +108,14 @@ pub fn record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Res
 /// Each submission's answer is what [`record`] would have given it alone, including
 /// two submissions of the group with the same idempotency key (the second gets the
 /// first's reference). All or nothing: on an error the caller records them one by one.
-pub fn record_group(conn: &mut PgConnection, group: &[(&Submission, Option<&str>)]) -> Result<Vec<Recorded>, DbError> {
+///
+/// An idempotency key is remembered from `keys_since` on: an older one is forgotten
+/// here (and by the retention sweep), so that the key may be used again.
+pub fn record_group(
+    conn: &mut PgConnection,
+    group: &[(&Submission, Option<&str>)],
+    keys_since: DateTime<Utc>,
+) -> Result<Vec<Recorded>, DbError> {
     use crate::schema::idempotency_keys;
     if group.iter().all(|(_, key)| key.is_none()) {
         // Nothing to look up first: one statement, one round trip, for the whole group.
@@ -110,6 +125,12 @@ pub fn record_group(conn: &mut PgConnection, group: &[(&Submission, Option<&str>
     }
     conn.transaction(|conn| {
         let keys: Vec<&str> = group.iter().filter_map(|(_, key)| *key).collect();
+        diesel::delete(
+            idempotency_keys::table
+                .filter(idempotency_keys::key.eq_any(&keys))
+                .filter(idempotency_keys::created_at.lt(keys_since)),
+        )
+        .execute(conn)?;
         let earlier: HashMap<String, (String, Value)> = if keys.is_empty() {
             HashMap::new()
         } else {
@@ -234,35 +255,6 @@ fn submitted_status(
         application_status::status.eq(Status::Submitted.as_str()),
         application_status::updated_at.eq(at),
     )
-}
-
-fn try_record(conn: &mut PgConnection, s: &Submission, key: Option<&str>) -> Result<Recorded, DbError> {
-    use crate::schema::idempotency_keys;
-    conn.transaction(|conn| {
-        if let Some(key) = key {
-            let first: Option<(String, Value)> = idempotency_keys::table
-                .inner_join(applications::table)
-                .filter(idempotency_keys::key.eq(key))
-                .select((applications::reference, applications::application))
-                .first(conn)
-                .optional()?;
-            if let Some((reference, application)) = first {
-                return Ok(if application == s.application {
-                    Recorded::Existing(reference)
-                } else {
-                    Recorded::KeyReused
-                });
-            }
-        }
-        insert_application(conn, &s.reference, &s.application, s.submitted_at)?;
-        insert_outbox(conn, &s.message)?;
-        if let Some(key) = key {
-            diesel::insert_into(idempotency_keys::table)
-                .values((idempotency_keys::key.eq(key), idempotency_keys::reference.eq(s.reference.as_str())))
-                .execute(conn)?;
-        }
-        Ok(Recorded::New)
-    })
 }
 
 /// An application's status as the API shows it.
@@ -414,6 +406,12 @@ pub fn request_decision(
         insert_outbox(conn, message)?;
         Ok(true)
     })
+}
+
+/// Forgets every idempotency key older than `keys_since` (the retention sweep).
+pub fn forget_idempotency_keys(conn: &mut PgConnection, keys_since: DateTime<Utc>) -> Result<usize, DbError> {
+    use crate::schema::idempotency_keys;
+    Ok(diesel::delete(idempotency_keys::table.filter(idempotency_keys::created_at.lt(keys_since))).execute(conn)?)
 }
 
 /// Leases up to `batch` unsent outbox rows, oldest first. Rows another relay holds

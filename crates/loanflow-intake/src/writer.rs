@@ -38,9 +38,9 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer task; it ends when every handle is dropped. `committed` is
     /// woken after every commit (the outbox relay publishes what was committed).
-    pub fn start(pool: PgPool, committed: Arc<Notify>) -> Writer {
+    pub fn start(pool: PgPool, committed: Arc<Notify>, remember_keys: chrono::Duration) -> Writer {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, queue, committed));
+        tokio::spawn(run(pool, queue, committed, remember_keys));
         Writer { jobs }
     }
 
@@ -52,13 +52,13 @@ impl Writer {
     }
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: Arc<Notify>) {
+async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: Arc<Notify>, remember_keys: chrono::Duration) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     // `recv_many` takes what is waiting (at least one): the group is what arrived while
     // the last transaction was committing.
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         let jobs: Vec<Job> = std::mem::take(&mut group);
-        let answers = record(&pool, jobs).await;
+        let answers = record(&pool, jobs, chrono::Utc::now() - remember_keys).await;
         if answers.iter().any(|(_, result)| matches!(result, Ok(Recorded::New))) {
             committed.notify_one();
         }
@@ -74,18 +74,18 @@ type Answered = (oneshot::Sender<Result<Recorded, DbError>>, Result<Recorded, Db
 
 /// The group in one transaction; should that fail, each submission on its own, so that
 /// one that the database refuses (or a racing intake's key) fails no other.
-async fn record(pool: &PgPool, jobs: Vec<Job>) -> Vec<Answered> {
+async fn record(pool: &PgPool, jobs: Vec<Job>, keys_since: chrono::DateTime<chrono::Utc>) -> Vec<Answered> {
     let (answers, group): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.answer, (j.submission, j.key))).unzip();
     let size = answers.len();
     let recorded = blocking(pool, move |conn| {
         let group: Vec<(&Submission, Option<&str>)> = group.iter().map(|(s, key)| (s, key.as_deref())).collect();
-        Ok(match store::record_group(conn, &group) {
+        Ok(match store::record_group(conn, &group, keys_since) {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(e) => {
                 if group.len() > 1 {
                     tracing::warn!(error = %e, submissions = group.len(), "group not recorded; recording one by one");
                 }
-                group.iter().map(|(s, key)| store::record(conn, s, *key)).collect::<Vec<_>>()
+                group.iter().map(|(s, key)| store::record(conn, s, *key, keys_since)).collect::<Vec<_>>()
             }
         })
     })

@@ -90,6 +90,12 @@ pub async fn start(
     let listen = settings.levels.health_listen.clone();
     let health_addr =
         health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Listen(listen, e))?;
+    let (pool, retention) = (level.pool.clone(), settings.retention.clone());
+    let every = Duration::from_secs(retention.sweep_minutes.saturating_mul(60));
+    tasks.spawn(loanflow_platform::retention::every(every, "inbox", shutdown.clone(), move || {
+        let (pool, before) = (pool.clone(), loanflow_platform::retention::cutoff_days(retention.inbox_days));
+        async move { blocking(&pool, move |conn| inbox::forget_before(conn, before)).await }
+    }));
     tasks.spawn(broker::consume(settings, step_queue(name), consuming, shutdown, move |batch, publisher| {
         let level = level.clone();
         async move { level.handle_batch(batch, publisher).await }

@@ -211,7 +211,14 @@ pub mod inbox {
     diesel::table! {
         processed_messages (message_id) {
             message_id -> Uuid,
+            processed_at -> Timestamptz,
         }
+    }
+
+    /// Forgets the messages handled before `before` (the retention sweep).
+    pub fn forget_before(conn: &mut PgConnection, before: chrono::DateTime<chrono::Utc>) -> Result<usize, DbError> {
+        use processed_messages::dsl;
+        Ok(diesel::delete(dsl::processed_messages.filter(dsl::processed_at.lt(before))).execute(conn)?)
     }
 
     /// Which of `ids` were fully handled before: one statement for a whole batch.

@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod retention;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;

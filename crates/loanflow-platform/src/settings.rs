@@ -32,6 +32,7 @@ pub struct Settings {
     pub levels: LevelsSettings,
     pub ledger: LedgerSettings,
     pub twin: TwinSettings,
+    pub retention: RetentionSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +151,10 @@ pub struct IntakeSettings {
     pub approvers: Vec<ApproverSettings>,
     pub workers: usize,
     pub database: DatabaseSettings,
+    /// How long an `Idempotency-Key` is remembered; after that it may be used again.
+    /// Too short lets a client's late retry create a second application; too long
+    /// keeps keys (and their table) around for nothing.
+    pub idempotency_hours: u32,
     /// Outbox rows published per round trip.
     pub relay_batch: i64,
     /// How often the relay looks for unsent rows when nothing woke it: the bound on
@@ -205,6 +210,18 @@ impl LevelsSettings {
     pub fn database_for(&self, level: &str) -> DatabaseSettings {
         DatabaseSettings { schema: format!("{}{level}", self.database.schema), ..self.database.clone() }
     }
+}
+
+/// How long state that only guards against redelivery is kept.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Days a consumer remembers a handled message id. A message redelivered or
+    /// replayed later than this is handled again, which every downstream step absorbs
+    /// (derived message ids, the ledger's primary key, the projection's sequence
+    /// numbers), so this bounds the inbox tables, not correctness.
+    pub inbox_days: u32,
+    /// How often the sweep runs (it also runs once at start).
+    pub sweep_minutes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

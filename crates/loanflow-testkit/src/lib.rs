@@ -373,6 +373,12 @@ impl TestSystem {
         }
     }
 
+    /// Runs a statement the test writes on the test database (schema-qualified with
+    /// [`TestSystem::schema`]), e.g. to age rows past a retention period.
+    pub async fn execute_sql(&self, sql: &str) {
+        execute_on_test_database(sql.to_owned()).await;
+    }
+
     /// Rows in one of this test's tables, e.g. `count("ledger", "loans", None)`.
     pub async fn count(&self, service: &str, table: &str, reference: Option<&str>) -> i64 {
         let filter = reference.map(|r| format!("reference = '{}'", r.replace('\'', ""))).unwrap_or_default();
@@ -598,6 +604,17 @@ impl Drop for EventTap {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Runs a statement on the test database (for a test that ages rows, say).
+async fn execute_on_test_database(sql: String) {
+    let url = format!("{}/{TEST_DATABASE}", pg_server());
+    tokio::task::spawn_blocking(move || {
+        let mut conn = PgConnection::establish(&url).expect("database");
+        conn.batch_execute(&sql).expect("statement");
+    })
+    .await
+    .expect("statement task");
 }
 
 /// Runs a `SELECT count(*) AS n …` on the test database.

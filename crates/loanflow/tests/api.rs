@@ -256,5 +256,14 @@ async fn an_idempotency_key_makes_a_retried_submission_return_the_first_referenc
         assert_eq!(response.json::<Value>().await.unwrap()["error"], "invalid_idempotency_key");
     }
     assert_eq!(system.count("intake", "applications", None).await, 2);
+
+    // Past `intake.idempotency_hours` (24 by default) the key is forgotten: the same key
+    // with another application makes a new one.
+    let keys = format!("\"{}\".idempotency_keys", system.schema("intake"));
+    system.execute_sql(&format!("UPDATE {keys} SET created_at = now() - interval '25 hours'")).await;
+    let again = post("retry-me-1", &other).await.unwrap();
+    assert_eq!(again.status(), 202, "an expired key may be used again");
+    assert_ne!(again.json::<Value>().await.unwrap()["reference"], reference);
+    assert_eq!(system.count("intake", "applications", None).await, 3);
     system.shutdown().await;
 }

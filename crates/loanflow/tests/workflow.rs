@@ -185,3 +185,23 @@ async fn the_chain_is_configuration() {
     assert_eq!(system.count("ledger", "loans", Some(&reference)).await, 1);
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handled_message_ids_are_forgotten_after_the_retention_period() {
+    let mut system = TestSystem::start().await;
+    let reference = system.submit_ok(&application(720)).await;
+    system.wait_for_status(&reference, "approved", FINAL_WITHIN).await;
+    assert_eq!(system.count("kyc", "processed_messages", None).await, 1, "kyc remembers what it handled");
+
+    // Aged past `retention.inbox_days` (7): the next sweep forgets it. A level sweeps
+    // when it starts, so a second kyc instance shows it.
+    let inbox = format!("\"{}\".processed_messages", system.schema("kyc"));
+    system.execute_sql(&format!("UPDATE {inbox} SET processed_at = now() - interval '8 days'")).await;
+    system.start_level("kyc").await;
+    let forgotten =
+        wait_until(Duration::from_secs(10), || async { system.count("kyc", "processed_messages", None).await == 0 })
+            .await;
+    assert!(forgotten, "the aged inbox entry is removed");
+    assert_eq!(system.count("credit", "processed_messages", None).await, 1, "what is not aged stays");
+    system.shutdown().await;
+}

@@ -2,8 +2,12 @@
 //! attempts, age: never the body, which holds personal data) and replay messages to
 //! the queue they came from, with a fresh retry budget.
 //!
-//! Messages are read with `basic.get` and left unacknowledged until the end; closing
-//! the channel returns the ones not replayed to the queue, in their order.
+//! Reading a quorum queue and handing a message back counts a delivery, and the queue
+//! drops a message past its delivery limit: a list that returned what it read would
+//! destroy each letter after a few listings. So every letter read is settled at once:
+//! replayed to its origin, or put back as a fresh copy at the end of the queue (same
+//! body and headers, confirmed by the broker before the original is acked). The order
+//! of the letters is kept; a crash in between can leave a letter twice, never lose it.
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
@@ -60,38 +64,64 @@ async fn drain(channel: &Channel) -> Result<Vec<Delivery>, BrokerError> {
     Ok(held)
 }
 
-pub async fn list(settings: &Settings) -> Result<Vec<DeadLetter>, BrokerError> {
+/// What becomes of one letter read.
+enum Settle {
+    Keep,
+    Replay,
+}
+
+/// Reads every dead letter, settles each as `decide` says, and returns them all.
+async fn rotate<F>(settings: &Settings, mut decide: F) -> Result<Vec<DeadLetter>, BrokerError>
+where
+    F: FnMut(&DeadLetter) -> Settle,
+{
     let (conn, channel) = open(settings).await?;
+    let publisher = Publisher::open(&conn).await?;
     let now = chrono::Utc::now().timestamp();
-    let letters = drain(&channel).await?.iter().map(|d| describe(d, now)).collect();
+    let mut letters = Vec::new();
+    for delivery in drain(&channel).await? {
+        let letter = describe(&delivery, now);
+        let replay = matches!(decide(&letter), Settle::Replay) && letter.origin_queue != "-";
+        if replay {
+            // Through the default exchange, straight to the origin queue; without the
+            // attempts header, so it gets a fresh retry budget.
+            let mut headers = FieldTable::default();
+            headers.insert("x-loanflow-replayed".into(), AMQPValue::Boolean(true));
+            let origin = letter.origin_queue.as_str();
+            broker::republish(&publisher, &delivery.properties, &delivery.data, "", origin, headers).await?;
+            tracing::info!(reference = %letter.reference, queue = %letter.origin_queue, "dead letter replayed");
+        } else {
+            // Back at the end of the queue, everything it carried kept.
+            let headers = delivery.properties.headers().clone().unwrap_or_default();
+            let queue = DEAD_LETTER_QUEUE;
+            broker::republish(&publisher, &delivery.properties, &delivery.data, "", queue, headers).await?;
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        letters.push(letter);
+    }
+    publisher.close().await;
     let _ = channel.close(200, "bye".into()).await;
     let _ = conn.close(200, "bye".into()).await;
     Ok(letters)
 }
 
+/// Every dead letter, oldest first. Listing loses none, however often it runs.
+pub async fn list(settings: &Settings) -> Result<Vec<DeadLetter>, BrokerError> {
+    rotate(settings, |_| Settle::Keep).await
+}
+
 /// Replays the dead letters of `reference` (all of them when `None`) to their origin
 /// queues. Returns how many were replayed.
 pub async fn replay(settings: &Settings, reference: Option<&str>) -> Result<usize, BrokerError> {
-    let (conn, channel) = open(settings).await?;
-    let publisher = Publisher::open(&conn).await?;
-    let now = chrono::Utc::now().timestamp();
     let mut replayed = 0;
-    for delivery in drain(&channel).await? {
-        let letter = describe(&delivery, now);
-        if reference.is_some_and(|r| r != letter.reference) || letter.origin_queue == "-" {
-            continue;
+    rotate(settings, |letter| {
+        if reference.is_none_or(|r| r == letter.reference) && letter.origin_queue != "-" {
+            replayed += 1;
+            Settle::Replay
+        } else {
+            Settle::Keep
         }
-        // Through the default exchange, straight to the origin queue; without the
-        // attempts header, so it gets a fresh retry budget.
-        let mut headers = FieldTable::default();
-        headers.insert("x-loanflow-replayed".into(), AMQPValue::Boolean(true));
-        broker::republish(&publisher, &delivery.properties, &delivery.data, "", &letter.origin_queue, headers).await?;
-        delivery.ack(BasicAckOptions::default()).await?;
-        tracing::info!(reference = %letter.reference, queue = %letter.origin_queue, "dead letter replayed");
-        replayed += 1;
-    }
-    publisher.close().await;
-    let _ = channel.close(200, "bye".into()).await;
-    let _ = conn.close(200, "bye".into()).await;
+    })
+    .await?;
     Ok(replayed)
 }

@@ -295,6 +295,14 @@ async fn poison_messages_are_dead_lettered_at_once_and_the_line_moves_on() {
             "{from_here:?}"
         );
     }
+    // Listing is read-only: listed more often than the queue's delivery limit (20), every
+    // letter is still there, in the same order.
+    let order: Vec<String> = letters.iter().map(|l| format!("{}/{}", l.origin_queue, l.reason)).collect();
+    for _ in 0..30 {
+        let again = loanflow_platform::dlq::list(&system.settings).await.unwrap();
+        assert_eq!(again.iter().map(|l| format!("{}/{}", l.origin_queue, l.reason)).collect::<Vec<_>>(), order);
+    }
+    assert_eq!(system.queue_depth(DEAD_LETTER_QUEUE).await, expected, "no letter lost to listing");
     // The line still moves.
     let reference = system.submit_ok(&application(720)).await;
     system.wait_for_status(&reference, "approved", SETTLE_WITHIN).await;

@@ -26,6 +26,9 @@ use crate::store::{self, OutboxMessage, Recorded, Submission};
 /// The contract's limit on a request body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// The contract's default wait for a body, where no state says otherwise.
+const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
@@ -37,6 +40,10 @@ pub struct AppState {
     pub approvers: crate::approvals::Approvers,
     /// Set when this intake runs the synchronous twin instead of the chain.
     pub twin: Option<Arc<crate::twin::TwinChain>>,
+    /// The contract's limits per client address.
+    pub limits: Arc<crate::limits::Limits>,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -53,6 +60,8 @@ impl AppState {
             relay_wake,
             approvers: Arc::new(settings.intake.approvers.clone()),
             twin: twin.map(Arc::new),
+            limits: Arc::new(crate::limits::Limits::new(&settings.intake)),
+            body_timeout: std::time::Duration::from_millis(settings.intake.body_timeout_ms.max(1)),
         }
     }
 }
@@ -69,6 +78,7 @@ struct Accepted<'a> {
 }
 
 async fn submit(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.limits.submission(&req)?;
     let idempotency_key = idempotency_key(&req)?;
     let value = read_json_object(&req, payload).await?;
     if let Some(chain) = &state.twin {
@@ -140,7 +150,12 @@ pub(crate) fn valid_idempotency_key(key: &[u8]) -> bool {
 /// at most [`MAX_BODY_BYTES`] (413), valid JSON (400) and an object (400).
 pub(crate) async fn read_json_object(req: &HttpRequest, payload: web::Payload) -> Result<serde_json::Value, ApiError> {
     require_json(req)?;
-    let body = read_limited(req, payload, MAX_BODY_BYTES).await?;
+    // A body that does not arrive in time is answered 408: an idle body must not hold
+    // a connection (and a worker's attention) for as long as the client likes.
+    let timeout = req.app_data::<web::Data<AppState>>().map_or(DEFAULT_BODY_TIMEOUT, |s| s.body_timeout);
+    let body = tokio::time::timeout(timeout, read_limited(req, payload, MAX_BODY_BYTES))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)??;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| ApiError::InvalidJson)?;
     if !value.is_object() {
         return Err(ApiError::NotAnObject);

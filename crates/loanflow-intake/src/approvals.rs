@@ -43,14 +43,15 @@ pub fn authenticate(approvers: &[ApproverSettings], token: &str) -> Option<Appro
     found
 }
 
-fn bearer(req: &HttpRequest, approvers: &[ApproverSettings]) -> Result<Approver, ApiError> {
+fn bearer(req: &HttpRequest, state: &AppState) -> Result<Approver, ApiError> {
+    state.limits.before_authenticating(req)?;
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    authenticate(approvers, token.trim()).ok_or(ApiError::Unauthorized)
+        .ok_or_else(|| state.limits.failed_authentication(req))?;
+    authenticate(&state.approvers, token.trim()).ok_or_else(|| state.limits.failed_authentication(req))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -123,7 +124,7 @@ async fn list(
     query: web::Query<LevelQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let approver = bearer(&req, &state.approvers)?;
+    let approver = bearer(&req, &state)?;
     let levels = levels_for(&approver, query.level.as_deref())?;
     Ok(HttpResponse::Ok().json(inbox(&state, levels).await?))
 }
@@ -212,7 +213,7 @@ async fn decide_api(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let approver = bearer(&req, &state.approvers)?;
+    let approver = bearer(&req, &state)?;
     let body = read_json_object(&req, payload).await?;
     let (outcome, reason) = parse_decision(&body)?;
     let accepted = decide(&state, &approver, &path, outcome, reason).await?;

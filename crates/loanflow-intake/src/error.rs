@@ -37,6 +37,10 @@ pub enum ApiError {
     NotFound,
     #[error("no such resource")]
     NoRoute,
+    #[error("too many requests; retry after {0} s")]
+    RateLimited(u64),
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("internal error")]
     Internal(#[from] DbError),
 }
@@ -57,6 +61,8 @@ impl ApiError {
             ApiError::StepUnavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             ApiError::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
             ApiError::NotAwaitingDecision => ("not_awaiting_decision", StatusCode::CONFLICT),
+            ApiError::RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
+            ApiError::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
             // No connection could be had in time: the database is down or saturated, which
             // a retry may outlive. Everything else unexpected is a 500.
             ApiError::Internal(DbError::Pool(_) | DbError::Unavailable(_)) => {
@@ -97,8 +103,18 @@ impl ResponseError for ApiError {
             _ => None,
         };
         let mut response = HttpResponse::build(status);
-        if let ApiError::Unauthorized = self {
-            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::RateLimited(seconds) => {
+                response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
+            }
+            // A body that stalls: the connection is not kept for another request.
+            ApiError::RequestTimeout => {
+                response.insert_header((actix_web::http::header::CONNECTION, "close"));
+            }
+            _ => {}
         }
         response.json(ErrorBody { error, message, fields })
     }

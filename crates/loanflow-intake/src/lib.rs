@@ -6,6 +6,7 @@
 pub mod api;
 pub mod approvals;
 pub mod error;
+mod limits;
 mod pages;
 mod projection;
 mod relay;
@@ -107,6 +108,7 @@ fn serve(
             .default_service(web::to(api::not_found))
     })
     .workers(settings.intake.workers.max(1))
+    .max_connections(settings.intake.max_connections.max(1))
     // Signals are handled once, by the process, through the shutdown token.
     .disable_signals()
     .shutdown_timeout(http::SHUTDOWN_GRACE.as_secs())

@@ -298,9 +298,11 @@ fn form_to_json(form: &HashMap<String, String>) -> Value {
 }
 
 async fn submit_form(
+    req: HttpRequest,
     form: web::Form<HashMap<String, String>>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limits.submission(&req)?;
     let form = form.into_inner();
     let key = form.get("idempotency_key").filter(|k| crate::api::valid_idempotency_key(k.as_bytes())).cloned();
     match crate::api::accept(&state, &form_to_json(&form), key.clone()).await {
@@ -645,7 +647,24 @@ async fn inbox_page(
     Ok(page(actix_web::http::StatusCode::OK, "Approver inbox", &body))
 }
 
-async fn sign_in(form: web::Form<HashMap<String, String>>, state: web::Data<AppState>) -> HttpResponse {
+async fn sign_in(
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let too_many = |seconds: u64| {
+        let mut page = sign_in_page(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed sign-ins from here. Please wait a moment and try again.",
+        );
+        if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
+            page.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        page
+    };
+    if let Err(ApiError::RateLimited(seconds)) = state.limits.before_authenticating(&req) {
+        return too_many(seconds);
+    }
     let token = form.get("token").map(|t| t.trim().to_owned()).unwrap_or_default();
     match approvals::authenticate(&state.approvers, &token) {
         Some(approver) => {
@@ -656,10 +675,13 @@ async fn sign_in(form: web::Form<HashMap<String, String>>, state: web::Data<AppS
                 .insert_header((header::LOCATION, "/approvals"))
                 .finish()
         }
-        None => sign_in_page(
-            actix_web::http::StatusCode::UNAUTHORIZED,
-            "That token is not valid. Please check it and try again.",
-        ),
+        None => match state.limits.failed_authentication(&req) {
+            ApiError::RateLimited(seconds) => too_many(seconds),
+            _ => sign_in_page(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                "That token is not valid. Please check it and try again.",
+            ),
+        },
     }
 }
 

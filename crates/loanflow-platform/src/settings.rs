@@ -151,6 +151,17 @@ pub struct IntakeSettings {
     pub approvers: Vec<ApproverSettings>,
     pub workers: usize,
     pub database: DatabaseSettings,
+    /// The contract's limits per client address.
+    pub limits: LimitSettings,
+    /// Proxies whose `X-Forwarded-For` names the client (addresses); none by default,
+    /// so the peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// A request body that has not fully arrived after this long is answered 408 and
+    /// the connection closed: an idle body must not hold a connection.
+    pub body_timeout_ms: u64,
+    /// Connections served at once per worker; more wait to be accepted.
+    pub max_connections: usize,
     /// How long an `Idempotency-Key` is remembered; after that it may be used again.
     /// Too short lets a client's late retry create a second application; too long
     /// keeps keys (and their table) around for nothing.
@@ -160,6 +171,17 @@ pub struct IntakeSettings {
     /// How often the relay looks for unsent rows when nothing woke it: the bound on
     /// how long a message written by another intake instance waits.
     pub relay_poll_ms: u64,
+}
+
+/// The contract's "Limits": 0 turns a limit off.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    /// Submissions per second per client address, and the burst above that rate.
+    pub submissions_per_second: u32,
+    pub submission_burst: u32,
+    /// Failed approver authentications per minute per client address; past it every
+    /// attempt from that address is refused until the allowance returns.
+    pub failed_sign_ins_per_minute: u32,
 }
 
 /// The synchronous twin of the chain, for the benchmark's comparison only (see
@@ -259,7 +281,8 @@ impl Settings {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("chain.levels")
-            .with_list_parse_key("levels.kyc.sanctions");
+            .with_list_parse_key("levels.kyc.sanctions")
+            .with_list_parse_key("intake.trusted_proxies");
         Settings::checked(builder.add_source(env).build()?.try_deserialize()?)
     }
 

@@ -73,6 +73,10 @@ pub struct Options {
     /// Retry policy; tests default to short waits so that a retry budget is spent in
     /// seconds, not minutes.
     pub retry: RetrySettings,
+    /// The contract's per-client limits, tightened so that a test reaches them at once
+    /// (5 submissions a second, 3 failed sign-ins a minute, 500 ms for a body). Off
+    /// by default: every test submits from one address.
+    pub limits: bool,
 }
 
 impl Default for Options {
@@ -82,6 +86,7 @@ impl Default for Options {
             intake_broker_down: false,
             chain: None,
             retry: RetrySettings { max_attempts: 10, initial_ms: 100, max_ms: 1000 },
+            limits: false,
         }
     }
 }
@@ -148,6 +153,12 @@ impl TestSystem {
         settings.intake.workers = 1;
         settings.bureau.listen = "127.0.0.1:0".into();
         settings.bureau.operator_token = Secret::new(OPERATOR_TOKEN);
+        let limits = &mut settings.intake.limits;
+        (limits.submissions_per_second, limits.submission_burst, limits.failed_sign_ins_per_minute) =
+            if options.limits { (5, 5, 3) } else { (0, 0, 0) };
+        if options.limits {
+            settings.intake.body_timeout_ms = 500;
+        }
         settings.retry = options.retry.clone();
         settings.intake.approvers = vec![
             ApproverSettings { name: "grace".into(), token: MANAGER_TOKEN.into(), levels: vec!["manager".into()] },

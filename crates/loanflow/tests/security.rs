@@ -245,3 +245,78 @@ async fn answers_and_pages_that_carry_personal_data_are_never_cached() {
     system.wait_for_status(&reference, "approved", Duration::from_secs(30)).await;
     system.shutdown().await;
 }
+
+fn with_limits() -> loanflow_testkit::Options {
+    loanflow_testkit::Options { limits: true, levels: false, ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_past_the_per_client_limit_get_429_and_record_nothing() {
+    let system = TestSystem::start_with(with_limits()).await;
+    let body = application(720);
+    let answers = futures_util::future::join_all((0..30).map(|_| system.submit(&body))).await;
+    let (mut accepted, mut limited) = (0, 0);
+    for answer in answers {
+        match answer.status().as_u16() {
+            202 => accepted += 1,
+            429 => {
+                limited += 1;
+                let wait: u64 = answer.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!(wait >= 1, "Retry-After in whole seconds");
+                assert_eq!(answer.json::<Value>().await.unwrap()["error"], "rate_limited");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // A burst of 5, then 5 a second: thirty at once cannot all pass, however slow the
+    // machine (each further one waits 200 ms for its turn).
+    assert!(accepted >= 5 && limited >= 10, "{accepted} accepted, {limited} refused");
+    assert_eq!(system.count("intake", "applications", None).await, accepted, "nothing recorded for a refused request");
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_approver_authentication_is_limited_and_then_even_the_right_token_waits() {
+    let system = TestSystem::start_with(with_limits()).await;
+    let inbox = |token: &str| system.http.get(system.url("/api/approvals?level=manager")).bearer_auth(token).send();
+    assert_eq!(inbox(MANAGER_TOKEN).await.unwrap().status(), 200, "the right token works");
+    for guess in 0..3 {
+        assert_eq!(inbox(&format!("guess-{guess}")).await.unwrap().status(), 401);
+    }
+    let locked = inbox("guess-3").await.unwrap();
+    assert_eq!(locked.status(), 429, "the fourth failure in a minute is refused");
+    assert!(locked.headers().contains_key("retry-after"));
+    assert_eq!(inbox(MANAGER_TOKEN).await.unwrap().status(), 429, "guessing learns nothing past the limit");
+    // The sign-in page shares the limit.
+    let page = system
+        .http
+        .post(system.url("/approvals/session"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={MANAGER_TOKEN}"))
+        .send()
+        .await;
+    assert_eq!(page.unwrap().status(), 429);
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let system = TestSystem::start_with(with_limits()).await;
+    let addr = system.base_url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/loans HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{{\"applicant\": "
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the intake answers and closes instead of waiting for the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after the 500 ms body timeout");
+    assert_eq!(system.count("intake", "applications", None).await, 0);
+    system.shutdown().await;
+}

@@ -207,6 +207,31 @@ async fn submit(http: &reqwest::Client, url: &str, i: usize) -> anyhow::Result<S
     Ok(Sent { reference, at, submit_ms })
 }
 
+/// Waits until every queue of the vhost is empty (the projection has caught up, too), so
+/// that one phase's backlog does not run into the next phase's measurements.
+async fn settle(http: &reqwest::Client, amqp: &str) {
+    let vhost = amqp.rsplit('/').next().unwrap_or("%2f");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let queues: Value = match http
+            .get(format!("http://127.0.0.1:15672/api/queues/{vhost}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        let busy: f64 = queues.as_array().map_or(0.0, |qs| {
+            qs.iter().filter(|q| q["name"] != "loanflow.dead-letters").filter_map(|q| q["messages"].as_f64()).sum()
+        });
+        if busy == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until every sent reference is final; returns how many never were.
 async fn wait_final(finals: &Mutex<Finals>, sent: &[Sent], within: Duration) -> usize {
     let deadline = Instant::now() + within;
@@ -535,6 +560,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     offset += sent.len();
     let lost_full = wait_final(&finals, &sent, Duration::from_secs(300)).await;
+    settle(&http, &args.amqp).await;
     let last_final = {
         let f = finals.lock().expect("finals");
         sent.iter().filter_map(|s| f.at.get(&s.reference)).max().copied().unwrap_or_else(Instant::now)
@@ -553,6 +579,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let sent300 = at_rate(&http, &args.url, half, (half * 10.0) as usize, offset).await?;
     offset += sent300.len();
     let lost_300 = wait_final(&finals, &sent300, Duration::from_secs(120)).await;
+    settle(&http, &args.amqp).await;
     let mut submit300: Vec<f64> = sent300.iter().map(|s| s.submit_ms).collect();
 
     // 3. End-to-end latency at a fixed 100/s, with the services' own stage timings.
@@ -565,6 +592,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sent100.iter().filter_map(|s| f.at.get(&s.reference).map(|t| (*t - s.at).as_secs_f64() * 1000.0)).collect()
     };
     let stages_after = scrape(&http, &args.metrics).await;
+    settle(&http, &args.amqp).await;
 
     // 4. The broker's own ceiling, same machine, same run.
     eprintln!("broker ceiling…");

@@ -56,7 +56,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
 }
 
 /// Books a delivery batch: every checked loan in one statement, then every `approved`
-/// event in one status message, confirmed once. The `loans` primary key makes a
+/// event in status messages of up to 32 events, their confirms awaited together. The `loans` primary key makes a
 /// redelivered booking a no-op, so the ledger needs no inbox of its own.
 async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publisher: Publisher) -> Vec<Disposition> {
     let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
@@ -121,10 +121,10 @@ async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publ
         announced.push(index);
     }
     let sent = match broker::start_statuses(&publisher, events).await {
-        Ok(Some(confirm)) => confirm.await,
-        Ok(None) => Ok(()),
+        Ok(confirms) => broker::confirmed(confirms).await,
         Err(e) => Err(e),
     };
+
     let answer = match sent {
         Ok(()) => Disposition::Ack,
         Err(e) => {

@@ -383,9 +383,7 @@ impl Level {
             })
             .await?;
         }
-        if let Some(confirm) = broker::start_statuses(publisher, events).await? {
-            confirm.await?;
-        }
+        broker::confirmed(broker::start_statuses(publisher, events).await?).await?;
         let mut confirms = Vec::with_capacity(forwards.len());
         for (reference, work) in forwards {
             confirms.push(broker::start_work(publisher, &reference, work).await?);

@@ -138,11 +138,24 @@ pub async fn start_status(
     use loanflow_domain::messages::{Envelope, StatusMessage};
     let what = format!("status/{}", event.seq);
     let envelope = Envelope::new(reference.clone(), &what, chrono::Utc::now(), StatusMessage::V1(event));
+    start_envelope(publisher, STATUS_EXCHANGE, "", &envelope).await
+}
+
+/// Starts publishing an envelope, its reference in the reference header.
+async fn start_envelope<B>(
+    publisher: &Publisher,
+    exchange: &str,
+    routing_key: &str,
+    envelope: &loanflow_domain::messages::Envelope<B>,
+) -> Result<Confirm, BrokerError>
+where
+    B: serde::Serialize + serde::de::DeserializeOwned,
+{
     let confirm = publisher
         .start(Outgoing {
-            exchange: STATUS_EXCHANGE,
-            routing_key: "",
-            reference: reference.as_str(),
+            exchange,
+            routing_key,
+            reference: envelope.reference.as_str(),
             message_id: envelope.message_id,
             payload: &envelope.encode(),
             headers: FieldTable::default(),
@@ -151,41 +164,42 @@ pub async fn start_status(
     Ok(Box::pin(confirm))
 }
 
-/// Starts publishing the status events of one delivery batch as one message (a lone
-/// event as a plain `loan.status.v1`); returns the wait for its confirm. `None` when
-/// there is nothing to announce.
+/// The most status events one message carries. A consumer's prefetch counts messages,
+/// not bytes: unbounded batches would let the projection hold `prefetch` times the
+/// largest batch in memory.
+pub const STATUS_BATCH_MAX: usize = 32;
+
+/// Starts publishing the status events of one delivery batch, [`STATUS_BATCH_MAX`] to a
+/// message (a lone event as a plain `loan.status.v1`); returns the waits for their
+/// confirms (none when there is nothing to announce).
 pub async fn start_statuses(
     publisher: &Publisher,
-    mut events: Vec<(loanflow_domain::Reference, loanflow_domain::messages::StatusEvent)>,
-) -> Result<Option<Confirm>, BrokerError> {
+    events: Vec<(loanflow_domain::Reference, loanflow_domain::messages::StatusEvent)>,
+) -> Result<Vec<Confirm>, BrokerError> {
     use loanflow_domain::messages::{Envelope, ReferencedStatus, StatusMessage};
-    if events.len() <= 1 {
-        return match events.pop() {
-            Some((reference, event)) => Ok(Some(start_status(publisher, &reference, event).await?)),
-            None => Ok(None),
+    let mut confirms = Vec::with_capacity(events.len().div_ceil(STATUS_BATCH_MAX));
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        let mut chunk: Vec<_> = events.by_ref().take(STATUS_BATCH_MAX).collect();
+        if chunk.len() == 1 {
+            if let Some((reference, event)) = chunk.pop() {
+                confirms.push(start_status(publisher, &reference, event).await?);
+            }
+            continue;
+        }
+        let first = chunk[0].0.clone();
+        let batch = chunk.into_iter().map(|(reference, event)| ReferencedStatus { reference, event }).collect();
+        // A batch is never redelivered as the same batch (its consumer, the projection,
+        // is idempotent by sequence number), so its id need not be derived.
+        let envelope = Envelope {
+            message_id: Uuid::new_v4(),
+            reference: first,
+            sent_at: chrono::Utc::now(),
+            body: StatusMessage::BatchV1(batch),
         };
+        confirms.push(start_envelope(publisher, STATUS_EXCHANGE, "", &envelope).await?);
     }
-    let first = events[0].0.clone();
-    let batch = events.into_iter().map(|(reference, event)| ReferencedStatus { reference, event }).collect();
-    // A batch is never redelivered as the same batch (its consumer, the projection,
-    // is idempotent by sequence number), so its id need not be derived.
-    let envelope = Envelope {
-        message_id: Uuid::new_v4(),
-        reference: first.clone(),
-        sent_at: chrono::Utc::now(),
-        body: StatusMessage::BatchV1(batch),
-    };
-    let confirm = publisher
-        .start(Outgoing {
-            exchange: STATUS_EXCHANGE,
-            routing_key: "",
-            reference: first.as_str(),
-            message_id: envelope.message_id,
-            payload: &envelope.encode(),
-            headers: FieldTable::default(),
-        })
-        .await?;
-    Ok(Some(Box::pin(confirm)))
+    Ok(confirms)
 }
 
 /// Sends a work item to the step its slip points at, and waits for the confirm.
@@ -206,17 +220,7 @@ pub async fn start_work(
     use loanflow_domain::messages::{Envelope, WorkMessage};
     let step = item.slip.current().unwrap_or_default().to_owned();
     let envelope = Envelope::new(reference.clone(), &format!("work/{step}"), chrono::Utc::now(), WorkMessage::V1(item));
-    let confirm = publisher
-        .start(Outgoing {
-            exchange: WORK_EXCHANGE,
-            routing_key: &step,
-            reference: reference.as_str(),
-            message_id: envelope.message_id,
-            payload: &envelope.encode(),
-            headers: FieldTable::default(),
-        })
-        .await?;
-    Ok(Box::pin(confirm))
+    start_envelope(publisher, WORK_EXCHANGE, &step, &envelope).await
 }
 
 /// Awaits every confirm; the first failure, if any.

@@ -160,9 +160,19 @@ pub struct StatusEvent {
     /// decide. Never shown in the public status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<u16>,
+    /// Every decision made so far, in order (this event's own included): a projection
+    /// that missed or has not yet seen an earlier event still shows the whole timeline.
+    /// Absent from events that predate it, and from events that do not know them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<Decision>,
 }
 
 impl StatusEvent {
+    /// The same event, carrying the decisions so far.
+    pub fn with_decisions(self, decisions: &[Decision]) -> StatusEvent {
+        StatusEvent { decisions: decisions.to_vec(), ..self }
+    }
+
     /// The event announcing `decision`, the application's `decided`-th; it occurs
     /// when the decision was made.
     pub fn decided(decision: Decision, decided: usize, status: Status, current_level: Option<String>) -> StatusEvent {
@@ -174,6 +184,7 @@ impl StatusEvent {
             decision: Some(decision),
             offer: None,
             score: None,
+            decisions: Vec::new(),
         }
     }
 
@@ -193,6 +204,7 @@ impl StatusEvent {
             offer: None,
             occurred_at,
             score: None,
+            decisions: Vec::new(),
         }
     }
 
@@ -252,6 +264,7 @@ mod tests {
             offer: None,
             occurred_at: DateTime::from_timestamp(1_764_000_000, 0).unwrap(),
             score: None,
+            decisions: Vec::new(),
         }
     }
 

@@ -6,7 +6,8 @@
 //! projection's statement for a batch of status events.
 //!
 //! Per application, it does what applying the events one by one in sequence order
-//! would: every decision recorded once, and the status row moved to its latest event
+//! would: every decision recorded once (the event's own, and every earlier one it
+//! carries), and the status row moved to its latest event
 //! unless it was final already (or becomes final earlier in the same batch), keeping the
 //! newest score any event carried; the approver inbox (`awaiting`) gains the
 //! applications that now wait for a person and loses those that no longer do.
@@ -112,12 +113,32 @@ pub struct ApplyEvents {
     offer: Vec<Option<serde_json::Value>>,
     occurred_at: Vec<DateTime<Utc>>,
     score: Vec<Option<i32>>,
-    level: Vec<Option<String>>,
-    outcome: Vec<Option<String>>,
-    reason: Vec<Option<String>>,
-    decided_by: Vec<Option<String>>,
-    decided_at: Vec<Option<DateTime<Utc>>>,
+    /// Every decision the events carry (their own and the cumulative ones), as rows.
+    decisions: Decisions,
     finals: Vec<&'static str>,
+}
+
+#[derive(Debug, Default)]
+struct Decisions {
+    reference: Vec<String>,
+    level: Vec<String>,
+    seq: Vec<i32>,
+    outcome: Vec<String>,
+    reason: Vec<String>,
+    decided_by: Vec<String>,
+    decided_at: Vec<DateTime<Utc>>,
+}
+
+impl Decisions {
+    fn push(&mut self, reference: &Reference, seq: u32, d: &loanflow_domain::Decision) {
+        self.reference.push(reference.as_str().to_owned());
+        self.level.push(d.level.clone());
+        self.seq.push(i32::try_from(seq).unwrap_or(i32::MAX));
+        self.outcome.push(d.outcome.as_str().to_owned());
+        self.reason.push(d.reason.clone());
+        self.decided_by.push(String::from(d.decided_by.clone()));
+        self.decided_at.push(d.decided_at);
+    }
 }
 
 /// One row per known application the batch had events for.
@@ -134,7 +155,12 @@ impl ApplyEvents {
             ..ApplyEvents::default()
         };
         for (reference, event) in events {
-            let d = event.decision.as_ref();
+            for (i, decision) in event.decisions.iter().enumerate() {
+                q.decisions.push(reference, StatusEvent::decision_seq(i + 1), decision);
+            }
+            if let Some(decision) = &event.decision {
+                q.decisions.push(reference, event.seq, decision);
+            }
             q.reference.push(reference.as_str().to_owned());
             q.seq.push(i32::try_from(event.seq).unwrap_or(i32::MAX));
             q.status.push(event.status.as_str().to_owned());
@@ -142,11 +168,6 @@ impl ApplyEvents {
             q.offer.push(event.offer.as_ref().and_then(|o| serde_json::to_value(o).ok()));
             q.occurred_at.push(event.occurred_at);
             q.score.push(event.score.map(i32::from));
-            q.level.push(d.map(|d| d.level.clone()));
-            q.outcome.push(d.map(|d| d.outcome.as_str().to_owned()));
-            q.reason.push(d.map(|d| d.reason.clone()));
-            q.decided_by.push(d.map(|d| String::from(d.decided_by.clone())));
-            q.decided_at.push(d.map(|d| d.decided_at));
         }
         q
     }
@@ -180,25 +201,32 @@ impl QueryFragment<Pg> for ApplyEvents {
         out.push_bind_param::<Array<Timestamptz>, _>(&self.occurred_at)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Nullable<Int4>>, _>(&self.score)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.level)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.outcome)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.reason)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.decided_by)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.decided_at)?;
         out.push_sql(
-            ") AS e(reference, seq, status, current_level, offer, occurred_at, score, \
-                    level, outcome, reason, decided_by, decided_at)), \
+            ") AS e(reference, seq, status, current_level, offer, occurred_at, score)), \
              known AS (SELECT e.* FROM e WHERE EXISTS \
                          (SELECT 1 FROM application_status a WHERE a.reference = e.reference)), \
              decided AS ( \
                INSERT INTO decisions (reference, level, seq, outcome, reason, decided_by, decided_at) \
-               SELECT reference, level, seq, outcome, reason, decided_by, decided_at FROM known \
-               WHERE level IS NOT NULL ORDER BY reference, seq \
+               SELECT * FROM unnest(",
+        );
+        let d = &self.decisions;
+        out.push_bind_param::<Array<Text>, _>(&d.reference)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&d.level)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Int4>, _>(&d.seq)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&d.outcome)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&d.reason)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&d.decided_by)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&d.decided_at)?;
+        out.push_sql(
+            ") AS d(reference, level, seq, outcome, reason, decided_by, decided_at) \
+               WHERE EXISTS (SELECT 1 FROM application_status a WHERE a.reference = d.reference) \
+               ORDER BY reference, seq \
                ON CONFLICT DO NOTHING), \
              first_final AS ( \
                SELECT reference, min(seq) AS seq FROM known WHERE status = ANY(",

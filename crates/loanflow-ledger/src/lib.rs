@@ -116,7 +116,8 @@ async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publ
         let event = StatusEvent {
             offer: work.offer.clone(),
             ..StatusEvent::progress(work.decisions.len(), Status::Approved, None, Utc::now())
-        };
+        }
+        .with_decisions(&work.decisions);
         events.push((reference, event));
         announced.push(index);
     }

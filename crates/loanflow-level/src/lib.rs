@@ -331,7 +331,8 @@ impl Level {
                         Some(self.name.clone()),
                         now,
                     )
-                };
+                }
+                .with_decisions(&work.decisions);
                 tracing::info!(level = %self.name, %reference, "waiting for an approver");
                 outcomes.events.push((reference, event));
             }
@@ -455,7 +456,8 @@ impl Level {
         };
         let status = if next.is_some() { Status::InReview } else { Status::Rejected };
         let current_level = next.as_ref().and_then(|s| s.current_level().map(str::to_owned));
-        (StatusEvent::decided(decision, work.decisions.len(), status, current_level), next)
+        let event = StatusEvent::decided(decision, work.decisions.len(), status, current_level);
+        (event.with_decisions(&work.decisions), next)
     }
 
     /// Announces a decision and, on approval, forwards the application to the next

@@ -205,3 +205,47 @@ async fn handled_message_ids_are_forgotten_after_the_retention_period() {
     assert_eq!(system.count("credit", "processed_messages", None).await, 1, "what is not aged stays");
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_event_carries_the_decisions_so_far_so_a_missed_event_loses_nothing() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
+    use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
+
+    let system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    let reference = system.submit_ok(&application(720)).await;
+    // Credit's event arrives, but kyc's never did: credit's carries both decisions.
+    let decision = |level: &str| Decision {
+        level: level.into(),
+        outcome: Outcome::Approved,
+        reason: format!("{level} passed"),
+        decided_by: DecidedBy::Auto,
+        decided_at: Utc::now(),
+    };
+    let (kyc, credit) = (decision("kyc"), decision("credit"));
+    let event = StatusEvent::decided(credit.clone(), 2, Status::InReview, Some("underwriting".into()))
+        .with_decisions(&[kyc, credit]);
+    let envelope =
+        Envelope::new(Reference::parse(&reference).unwrap(), "status/4", Utc::now(), StatusMessage::V1(event));
+    let conn = system.amqp().await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let queue = loanflow_platform::broker::STATUS_QUEUE;
+    let props = lapin::BasicProperties::default();
+    channel
+        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &envelope.encode(), props)
+        .await
+        .unwrap();
+    conn.close(200, "bye".into()).await.unwrap();
+
+    let shown = wait_until(Duration::from_secs(10), || async {
+        system.status(&reference).await["decisions"].as_array().map_or(0, Vec::len) == 2
+    })
+    .await;
+    assert!(shown, "both decisions are in the timeline");
+    let status = system.status(&reference).await;
+    assert_eq!(status["decisions"][0]["level"], "kyc", "in chain order");
+    assert_eq!(status["decisions"][1]["level"], "credit");
+    assert_eq!(status["current_level"], "underwriting");
+    system.shutdown().await;
+}

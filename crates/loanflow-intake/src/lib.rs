@@ -60,8 +60,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         let (keys, since) = (keys.clone(), chrono::Utc::now() - chrono::Duration::hours(i64::from(hours)));
         async move { loanflow_platform::db::blocking(&keys, move |conn| store::forget_idempotency_keys(conn, since)).await }
     }));
+    let mut status_settings = settings.clone();
+    status_settings.broker.prefetch = settings.intake.status_prefetch.max(1);
     tasks.spawn(broker::consume(
-        settings,
+        status_settings,
         STATUS_QUEUE.to_owned(),
         projection_health,
         shutdown,

@@ -162,6 +162,10 @@ pub struct IntakeSettings {
     pub body_timeout_ms: u64,
     /// Connections served at once per worker; more wait to be accepted.
     pub max_connections: usize,
+    /// Unacked status messages the projection may hold. Each carries up to 32 events
+    /// (of a level's batch), so it needs far fewer in flight than a level does; too
+    /// many only hold memory.
+    pub status_prefetch: u16,
     /// How long an `Idempotency-Key` is remembered; after that it may be used again.
     /// Too short lets a client's late retry create a second application; too long
     /// keeps keys (and their table) around for nothing.

@@ -206,8 +206,6 @@ impl QueryFragment<Pg> for ApplyEvents {
              known AS (SELECT e.* FROM e WHERE EXISTS \
                          (SELECT 1 FROM application_status a WHERE a.reference = e.reference)), \
              decided AS ( \
-               -- Most decisions an event carries are recorded already: an index probe
-               -- skips them, cheaper than letting each insert meet its conflict.
                INSERT INTO decisions (reference, level, seq, outcome, reason, decided_by, decided_at) \
                SELECT * FROM unnest(",
         );
@@ -228,7 +226,6 @@ impl QueryFragment<Pg> for ApplyEvents {
         out.push_sql(
             ") AS d(reference, level, seq, outcome, reason, decided_by, decided_at) \
                WHERE EXISTS (SELECT 1 FROM application_status a WHERE a.reference = d.reference) \
-                 AND NOT EXISTS (SELECT 1 FROM decisions x WHERE x.reference = d.reference AND x.level = d.level) \
                ORDER BY reference, seq \
                ON CONFLICT DO NOTHING), \
              first_final AS ( \

@@ -1,5 +1,8 @@
 //! The outbox relay: publishes what submissions committed to the outbox, with
 //! publisher confirms, and deletes each row only once the broker has confirmed it.
+//! It is the outbox's one publisher: the submission writer wakes it after every group
+//! commit (so a new message leaves at once), and it polls for whatever a broker outage
+//! or another intake instance left behind.
 //!
 //! While the broker is down the rows simply wait (submissions keep succeeding); the
 //! relay reconnects with backoff and catches up. A row can be published twice (the

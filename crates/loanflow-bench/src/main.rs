@@ -207,21 +207,23 @@ async fn submit(http: &reqwest::Client, url: &str, i: usize) -> anyhow::Result<S
     Ok(Sent { reference, at, submit_ms })
 }
 
+/// The broker management API's `/api/{what}/{vhost}` for the benchmark's vhost (the
+/// last path segment of its AMQP URI); `Null` when the API does not answer.
+async fn management(http: &reqwest::Client, what: &str, amqp: &str) -> Value {
+    let vhost = amqp.rsplit('/').next().unwrap_or("%2f");
+    let url = format!("http://127.0.0.1:15672/api/{what}/{vhost}");
+    match http.get(url).basic_auth("guest", Some("guest")).send().await {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => Value::Null,
+    }
+}
+
 /// Waits until every queue of the vhost is empty (the projection has caught up, too), so
 /// that one phase's backlog does not run into the next phase's measurements.
 async fn settle(http: &reqwest::Client, amqp: &str) {
-    let vhost = amqp.rsplit('/').next().unwrap_or("%2f");
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        let queues: Value = match http
-            .get(format!("http://127.0.0.1:15672/api/queues/{vhost}"))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-        {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => Value::Null,
-        };
+        let queues = management(http, "queues", amqp).await;
         let busy: f64 = queues.as_array().map_or(0.0, |qs| {
             qs.iter().filter(|q| q["name"] != "loanflow.dead-letters").filter_map(|q| q["messages"].as_f64()).sum()
         });
@@ -425,16 +427,7 @@ async fn psql_number(sql: &str) -> Option<f64> {
 }
 
 async fn counters(http: &reqwest::Client, amqp: &str) -> Counters {
-    let vhost = amqp.rsplit('/').next().unwrap_or("%2f");
-    let stats: Value = match http
-        .get(format!("http://127.0.0.1:15672/api/vhosts/{vhost}"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-    {
-        Ok(r) => r.json().await.unwrap_or_default(),
-        Err(_) => Value::Null,
-    };
+    let stats = management(http, "vhosts", amqp).await;
     let broker = |name: &str| stats["message_stats"][name].as_f64().unwrap_or(0.0);
     Counters {
         transactions: psql_number("select sum(xact_commit + xact_rollback) from pg_stat_database").await.unwrap_or(0.0),

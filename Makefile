@@ -10,7 +10,7 @@ BIN := target/release/loanflow
 run: export LOANFLOW_SKIP_BROWSER = 1
 run: prepare build migrate
 	@echo "==> starting loanflow (intake on http://127.0.0.1:8080/)"
-	@$(BIN) all
+	@$(BIN) --development all
 
 ## test: prepare the machine, then formatting, lints and every test
 test: prepare lint

@@ -14,8 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use loanflow_domain::application::NationalId;
 use loanflow_domain::rules::bureau_score;
-use loanflow_platform::http::{self, bearer_matches};
-use loanflow_platform::secret::Secret;
+use loanflow_platform::http::{self, bearer_token};
+use loanflow_platform::settings::{operator_for, OperatorSettings};
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
@@ -44,7 +44,7 @@ struct Faults {
     base_latency_ms: u64,
     extra_latency_ms: AtomicU64,
     down: AtomicBool,
-    operator: Secret,
+    operators: Vec<OperatorSettings>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,8 +57,9 @@ pub struct FaultsBody {
 
 /// The fault switch is the operator's: `None` for the operator; anyone else gets a 401
 /// to answer, and the attempt is logged as a security event (never the token itself).
-fn refusal_unless_operator(req: &HttpRequest, operator: &Secret) -> Option<HttpResponse> {
-    if bearer_matches(req, operator) {
+fn refusal_unless_operator(req: &HttpRequest, operators: &[OperatorSettings]) -> Option<HttpResponse> {
+    if let Some(operator) = bearer_token(req).and_then(|token| operator_for(operators, token)) {
+        tracing::info!(security_event = "operator_act", operator = %operator.name, path = %req.path(), "fault switch used");
         return None;
     }
     tracing::warn!(security_event = "operator_auth_failed", path = %req.path(), "fault switch refused: no operator token");
@@ -69,7 +70,7 @@ fn refusal_unless_operator(req: &HttpRequest, operator: &Secret) -> Option<HttpR
 }
 
 async fn get_faults(req: HttpRequest, faults: web::Data<Faults>) -> HttpResponse {
-    if let Some(refused) = refusal_unless_operator(&req, &faults.operator) {
+    if let Some(refused) = refusal_unless_operator(&req, &faults.operators) {
         return refused;
     }
     HttpResponse::Ok().json(FaultsBody {
@@ -79,7 +80,7 @@ async fn get_faults(req: HttpRequest, faults: web::Data<Faults>) -> HttpResponse
 }
 
 async fn set_faults(req: HttpRequest, body: web::Json<FaultsBody>, faults: web::Data<Faults>) -> HttpResponse {
-    if let Some(refused) = refusal_unless_operator(&req, &faults.operator) {
+    if let Some(refused) = refusal_unless_operator(&req, &faults.operators) {
         return refused;
     }
     faults.extra_latency_ms.store(body.latency_ms, Ordering::Relaxed);
@@ -117,7 +118,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     let listen = settings.bureau.listen.clone();
     let faults = web::Data::new(Faults {
         base_latency_ms: settings.bureau.latency_ms,
-        operator: settings.bureau.operator_token.clone(),
+        operators: settings.operators.clone(),
         ..Faults::default()
     });
     let routes = move |cfg: &mut web::ServiceConfig| {

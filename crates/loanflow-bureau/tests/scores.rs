@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use loanflow_platform::secret::Secret;
+use loanflow_platform::secret::TokenHash;
+use loanflow_platform::settings::OperatorSettings;
 use loanflow_platform::{CancellationToken, Settings};
 
 const OPERATOR: &str = "test-operator-token";
@@ -13,7 +14,7 @@ async fn bureau(latency_ms: u64) -> (String, CancellationToken) {
     let mut settings = Settings::defaults().unwrap();
     settings.bureau.listen = "127.0.0.1:0".into();
     settings.bureau.latency_ms = latency_ms;
-    settings.bureau.operator_token = Secret::new(OPERATOR);
+    settings.operators = vec![OperatorSettings { name: "operator".into(), token_sha256: TokenHash::of(OPERATOR) }];
     let stop = CancellationToken::new();
     let running = loanflow_bureau::start(settings, stop.clone()).await.unwrap();
     (format!("http://{}", running.addr.unwrap()), stop)

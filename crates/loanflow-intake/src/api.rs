@@ -38,6 +38,8 @@ pub struct AppState {
     /// Records submissions, grouped into shared transactions.
     pub writer: crate::writer::Writer,
     pub approvers: crate::approvals::Approvers,
+    /// The approver pages' server-side sessions.
+    pub sessions: crate::sessions::Sessions,
     /// Set when this intake runs the synchronous twin instead of the chain.
     pub twin: Option<Arc<crate::twin::TwinChain>>,
     /// The contract's limits per client address.
@@ -59,6 +61,7 @@ impl AppState {
             chain: Arc::new(settings.chain.levels.clone()),
             relay_wake,
             approvers: Arc::new(settings.intake.approvers.clone()),
+            sessions: crate::sessions::Sessions::new(&settings.intake),
             twin: twin.map(Arc::new),
             limits: Arc::new(crate::limits::Limits::new(&settings.intake)),
             body_timeout: std::time::Duration::from_millis(settings.intake.body_timeout_ms.max(1)),

@@ -9,7 +9,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use subtle::ConstantTimeEq;
 
 use loanflow_domain::messages::{ApproverDecision, Envelope, WorkMessage};
 use loanflow_domain::{Outcome, Reference, Status};
@@ -31,16 +30,22 @@ pub struct Approver {
     pub levels: Vec<String>,
 }
 
-/// Finds the approver a token belongs to. Every configured token is compared, each
-/// in constant time, so the answer's timing does not tell how close a guess was.
+/// Finds the approver a token belongs to. Configuration holds only each token's
+/// digest; every one is compared, each in constant time, so the answer's timing does
+/// not tell how close a guess was.
 pub fn authenticate(approvers: &[ApproverSettings], token: &str) -> Option<Approver> {
     let mut found = None;
     for approver in approvers {
-        if bool::from(approver.token.as_bytes().ct_eq(token.as_bytes())) && !token.is_empty() {
+        if approver.token_sha256.matches(token) {
             found = Some(Approver { name: approver.name.clone(), levels: approver.levels.clone() });
         }
     }
     found
+}
+
+/// The approver of that name as configured now (a session outlives no removal).
+pub fn by_name(approvers: &[ApproverSettings], name: &str) -> Option<Approver> {
+    approvers.iter().find(|a| a.name == name).map(|a| Approver { name: a.name.clone(), levels: a.levels.clone() })
 }
 
 fn bearer(req: &HttpRequest, state: &AppState) -> Result<Approver, ApiError> {

@@ -11,6 +11,7 @@ mod pages;
 mod projection;
 mod relay;
 mod schema;
+mod sessions;
 mod sql;
 pub mod store;
 pub mod twin;
@@ -59,6 +60,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     tasks.spawn(loanflow_platform::retention::every(every, "idempotency keys", shutdown.clone(), move || {
         let (keys, since) = (keys.clone(), chrono::Utc::now() - chrono::Duration::hours(i64::from(hours)));
         async move { loanflow_platform::db::blocking(&keys, move |conn| store::forget_idempotency_keys(conn, since)).await }
+    }));
+    let expired = pool.clone();
+    tasks.spawn(loanflow_platform::retention::every(every, "approver sessions", shutdown.clone(), move || {
+        let expired = expired.clone();
+        async move {
+            loanflow_platform::db::blocking(&expired, |conn| sessions::forget_expired(conn, chrono::Utc::now())).await
+        }
     }));
     let mut status_settings = settings.clone();
     status_settings.broker.prefetch = settings.intake.status_prefetch.max(1);

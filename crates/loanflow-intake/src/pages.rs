@@ -5,24 +5,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header::{self, ContentType};
 use actix_web::{web, HttpRequest, HttpResponse};
 use rand::RngCore;
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 
 use loanflow_domain::application::{MAX_TERM_MONTHS, MIN_TERM_MONTHS};
 use loanflow_domain::{Outcome, Reference, Status};
 use loanflow_platform::db::blocking;
 
 use crate::api::AppState;
-use crate::approvals::{self, Approver, InboxItem};
+use crate::approvals::{self, InboxItem};
 use crate::error::ApiError;
+use crate::sessions::Session;
 use crate::store::{self, StatusView};
-
-const APPROVER_COOKIE: &str = "lf_approver";
-const CSRF_COOKIE: &str = "lf_csrf";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(home))
@@ -515,41 +511,43 @@ async fn status_fragment(path: web::Path<String>, state: web::Data<AppState>) ->
 
 // ------------------------------------------------------------------ approver inbox
 
-fn signed_in(req: &HttpRequest, state: &AppState) -> Option<Approver> {
-    let token = req.cookie(APPROVER_COOKIE)?;
-    approvals::authenticate(&state.approvers, token.value())
+async fn signed_in(req: &HttpRequest, state: &AppState) -> Option<Session> {
+    state.sessions.current(req, &state.pool, &state.approvers).await
 }
 
-/// A form acting for a signed-in approver must carry the CSRF token that was set
-/// with the session (double-submit), on top of the SameSite=Strict cookies.
-fn csrf_ok(req: &HttpRequest, form: &HashMap<String, String>) -> bool {
-    match (req.cookie(CSRF_COOKIE), form.get("csrf")) {
-        (Some(cookie), Some(sent)) if !sent.is_empty() => bool::from(cookie.value().as_bytes().ct_eq(sent.as_bytes())),
-        _ => false,
-    }
-}
-
-fn cookie(name: &str, value: String) -> Cookie<'static> {
-    Cookie::build(name.to_owned(), value).path("/approvals").http_only(true).same_site(SameSite::Strict).finish()
-}
-
-fn sign_in_page(status: actix_web::http::StatusCode, error: &str) -> HttpResponse {
+/// The sign-in form, with a fresh pre-session token (against login CSRF).
+fn sign_in_page(state: &AppState, status: actix_web::http::StatusCode, error: &str) -> HttpResponse {
     let error_html = if error.is_empty() {
         String::new()
     } else {
         format!(r##"<div class="banner bad" role="alert">{}</div>"##, esc(error))
     };
-    page(
+    let (token, cookie) = state.sessions.sign_in_token();
+    let mut response = page(
         status,
         "Approver sign-in",
         &format!(
             r##"<h1>Approver sign-in</h1>{error_html}
 <form class="card" method="post" action="/approvals/session">
+<input type="hidden" name="sign_in" value="{token}">
 <div class="field"><label for="token">Approver token</label>
 <input id="token" name="token" type="password" required autocomplete="current-password" aria-describedby="token-hint">
 <span class="hint" id="token-hint">The token your bank issued to you. It names you and the levels you may decide.</span></div>
-<div class="actions"><button type="submit">Sign in</button></div></form>"##
+<div class="actions"><button type="submit">Sign in</button></div></form>"##,
+            token = esc(&token),
         ),
+    );
+    if response.add_cookie(&cookie).is_err() {
+        tracing::warn!("the sign-in cookie could not be set");
+    }
+    response
+}
+
+fn refused_form() -> HttpResponse {
+    page(
+        actix_web::http::StatusCode::FORBIDDEN,
+        "Request refused",
+        r##"<h1>Request refused</h1><p>This form was not sent from this site's own page. <a href="/approvals">Back to the inbox</a>.</p>"##,
     )
 }
 
@@ -615,10 +613,10 @@ async fn inbox_page(
     query: web::Query<InboxQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(approver) = signed_in(&req, &state) else {
-        return Ok(sign_in_page(actix_web::http::StatusCode::OK, ""));
+    let Some(session) = signed_in(&req, &state).await else {
+        return Ok(sign_in_page(&state, actix_web::http::StatusCode::OK, ""));
     };
-    let csrf = req.cookie(CSRF_COOKIE).map(|c| c.value().to_owned()).unwrap_or_default();
+    let (approver, csrf) = (&session.approver, session.csrf.as_str());
     let items = approvals::inbox(&state, approver.levels.clone()).await?;
     let mut flash = String::new();
     if let Some(done) = &query.done {
@@ -633,7 +631,7 @@ async fn inbox_page(
     let list = if items.is_empty() {
         r##"<p class="card">Nothing is waiting for you. New applications appear here when they need a person's decision.</p>"##.to_owned()
     } else {
-        items.iter().map(|i| render_item(i, &csrf)).collect()
+        items.iter().map(|i| render_item(i, csrf)).collect()
     };
     let body = format!(
         r##"<h1>Approver inbox</h1>
@@ -642,7 +640,7 @@ async fn inbox_page(
 {flash}<div aria-live="polite">{list}</div>"##,
         name = esc(&approver.name),
         levels = esc(&approver.levels.join(", ")),
-        csrf = esc(&csrf),
+        csrf = esc(csrf),
     );
     Ok(page(actix_web::http::StatusCode::OK, "Approver inbox", &body))
 }
@@ -651,9 +649,10 @@ async fn sign_in(
     req: HttpRequest,
     form: web::Form<HashMap<String, String>>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, ApiError> {
     let too_many = |seconds: u64| {
         let mut page = sign_in_page(
+            &state,
             actix_web::http::StatusCode::TOO_MANY_REQUESTS,
             "Too many failed sign-ins from here. Please wait a moment and try again.",
         );
@@ -662,42 +661,51 @@ async fn sign_in(
         }
         page
     };
+    if !state.sessions.sign_in_form_ok(&req, form.get("sign_in")) {
+        tracing::warn!(
+            security_event = "sign_in_forged",
+            "sign-in refused: the form did not come from our sign-in page"
+        );
+        return Ok(refused_form());
+    }
     if let Err(ApiError::RateLimited(seconds)) = state.limits.before_authenticating(&req) {
-        return too_many(seconds);
+        return Ok(too_many(seconds));
     }
     let token = form.get("token").map(|t| t.trim().to_owned()).unwrap_or_default();
-    match approvals::authenticate(&state.approvers, &token) {
+    Ok(match approvals::authenticate(&state.approvers, &token) {
         Some(approver) => {
-            tracing::info!(approver = %approver.name, "approver signed in");
+            let cookie = state.sessions.start(&state.pool, &approver).await?;
+            tracing::info!(security_event = "approver_signed_in", approver = %approver.name, "approver signed in");
             HttpResponse::SeeOther()
-                .cookie(cookie(APPROVER_COOKIE, token))
-                .cookie(cookie(CSRF_COOKIE, random_hex(32)))
+                .cookie(cookie)
+                .cookie(state.sessions.sign_in_token_removal())
                 .insert_header((header::LOCATION, "/approvals"))
                 .finish()
         }
         None => match state.limits.failed_authentication(&req) {
             ApiError::RateLimited(seconds) => too_many(seconds),
             _ => sign_in_page(
+                &state,
                 actix_web::http::StatusCode::UNAUTHORIZED,
                 "That token is not valid. Please check it and try again.",
             ),
         },
-    }
+    })
 }
 
-async fn sign_out(req: HttpRequest, form: web::Form<HashMap<String, String>>) -> HttpResponse {
-    if !csrf_ok(&req, &form) {
-        return HttpResponse::Forbidden().body("forbidden");
+async fn sign_out(
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let to_inbox = || HttpResponse::SeeOther().insert_header((header::LOCATION, "/approvals")).take();
+    let Some(session) = signed_in(&req, &state).await else { return Ok(to_inbox().finish()) };
+    if !session.csrf_ok(form.get("csrf")) {
+        return Ok(refused_form());
     }
-    let mut gone_approver = cookie(APPROVER_COOKIE, String::new());
-    gone_approver.make_removal();
-    let mut gone_csrf = cookie(CSRF_COOKIE, String::new());
-    gone_csrf.make_removal();
-    HttpResponse::SeeOther()
-        .cookie(gone_approver)
-        .cookie(gone_csrf)
-        .insert_header((header::LOCATION, "/approvals"))
-        .finish()
+    let gone = state.sessions.end(&state.pool, &session).await?;
+    tracing::info!(security_event = "approver_signed_out", approver = %session.approver.name, "approver signed out");
+    Ok(to_inbox().cookie(gone).finish())
 }
 
 async fn decide_form(
@@ -706,22 +714,19 @@ async fn decide_form(
     form: web::Form<HashMap<String, String>>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(approver) = signed_in(&req, &state) else {
-        return Ok(sign_in_page(actix_web::http::StatusCode::UNAUTHORIZED, "Please sign in again."));
+    let Some(session) = signed_in(&req, &state).await else {
+        return Ok(sign_in_page(&state, actix_web::http::StatusCode::UNAUTHORIZED, "Please sign in again."));
     };
-    if !csrf_ok(&req, &form) {
-        return Ok(page(
-            actix_web::http::StatusCode::FORBIDDEN,
-            "Request refused",
-            r##"<h1>Request refused</h1><p>This form was not sent from your inbox. <a href="/approvals">Back to the inbox</a>.</p>"##,
-        ));
+    if !session.csrf_ok(form.get("csrf")) {
+        return Ok(refused_form());
     }
+    let approver = &session.approver;
     let body = json!({"decision": form.get("decision"), "reason": form.get("reason")});
     let back = |query: String| {
         HttpResponse::SeeOther().insert_header((header::LOCATION, format!("/approvals?{query}"))).finish()
     };
     let outcome = match approvals::parse_decision(&body) {
-        Ok((outcome, reason)) => approvals::decide(&state, &approver, &path, outcome, reason).await,
+        Ok((outcome, reason)) => approvals::decide(&state, approver, &path, outcome, reason).await,
         Err(e) => Err(e),
     };
     let encode = |s: &str| {

@@ -13,6 +13,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    approver_sessions (id_sha256) {
+        id_sha256 -> Bytea,
+        approver -> Text,
+        csrf -> Text,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     applications (reference) {
         reference -> Text,
         application -> Jsonb,
@@ -69,6 +79,7 @@ diesel::joinable!(idempotency_keys -> applications (reference));
 diesel::allow_tables_to_appear_in_same_query!(
     application_status,
     applications,
+    approver_sessions,
     awaiting,
     decisions,
     idempotency_keys,

@@ -9,9 +9,22 @@ use std::path::Path;
 use loanflow_domain::rules::{CreditPolicy, KycPolicy, LevelKind, ManagerPolicy, UnderwritingPolicy};
 use serde::Deserialize;
 
-use crate::secret::Secret;
+use crate::secret::{Secret, TokenHash};
 
 const DEFAULTS: &str = include_str!("defaults.toml");
+/// Development mode's layer: the contract's sandbox people and no submission limit.
+/// Compiled in and applied only by [`Mode::Development`], so no configuration file or
+/// directory can carry the published sandbox tokens into another deployment.
+const DEVELOPMENT: &str = include_str!("development.toml");
+
+/// Whether the sandbox layer applies. Only an explicit choice (`loanflow --development`,
+/// which `make run` passes) turns it on; nothing inherits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Production,
+    Development,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -33,6 +46,13 @@ pub struct Settings {
     pub ledger: LedgerSettings,
     pub twin: TwinSettings,
     pub retention: RetentionSettings,
+    /// Operators: the simulated bureau's fault switch, dead-letter replay and (later) the
+    /// operations page. None by default.
+    #[serde(default)]
+    pub operators: Vec<OperatorSettings>,
+    /// Set by [`Settings::load`], never read from a file: services announce it.
+    #[serde(skip)]
+    pub mode: Mode,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,20 +147,26 @@ pub struct DatabaseSettings {
 }
 
 /// A person who may decide applications waiting at human levels.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ApproverSettings {
     pub name: String,
-    /// The bearer token the approver signs in with. A secret: never logged, and
-    /// left out of this type's `Debug` output.
-    pub token: String,
+    /// The SHA-256 digest of the bearer token the approver signs in with; the token
+    /// itself is never configured.
+    pub token_sha256: TokenHash,
     /// The levels this approver may decide.
     pub levels: Vec<String>,
 }
 
-impl std::fmt::Debug for ApproverSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApproverSettings").field("name", &self.name).field("levels", &self.levels).finish()
-    }
+/// A person who runs the system: no decisions, only operations.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OperatorSettings {
+    pub name: String,
+    pub token_sha256: TokenHash,
+}
+
+/// The operator a bearer token belongs to, if any (every digest compared).
+pub fn operator_for<'a>(operators: &'a [OperatorSettings], token: &str) -> Option<&'a OperatorSettings> {
+    operators.iter().fold(None, |found, o| if o.token_sha256.matches(token) { Some(o) } else { found })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +196,14 @@ pub struct IntakeSettings {
     /// Too short lets a client's late retry create a second application; too long
     /// keeps keys (and their table) around for nothing.
     pub idempotency_hours: u32,
+    /// An approver's page session ends after this long without use…
+    pub session_idle_minutes: u32,
+    /// …and after this long in any case.
+    pub session_hours: u32,
+    /// Session cookies are `Secure` with the `__Host-` prefix: right wherever the pages
+    /// are served over TLS (directly or behind a TLS proxy). Development mode turns it
+    /// off, since it serves plain HTTP.
+    pub secure_cookies: bool,
     /// Outbox rows published per round trip.
     pub relay_batch: i64,
     /// How often the relay looks for unsent rows when nothing woke it: the bound on
@@ -211,10 +245,6 @@ pub struct BureauSettings {
     pub workers: usize,
     /// Added to every answer, to simulate a slow bureau.
     pub latency_ms: u64,
-    /// The operator's token, which the fault switch (`/admin/faults`) requires. Unset,
-    /// the switch refuses everyone.
-    #[serde(default)]
-    pub operator_token: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,10 +294,14 @@ impl Settings {
         Settings::checked(built.try_deserialize()?)
     }
 
-    /// Defaults, then every `*.toml` in `dir` (alphabetically), then the environment.
-    pub fn load(dir: &Path) -> Result<Settings, SettingsError> {
+    /// Defaults, then development mode's layer (in [`Mode::Development`] only), then
+    /// every `*.toml` in `dir` (alphabetically), then the environment.
+    pub fn load(dir: &Path, mode: Mode) -> Result<Settings, SettingsError> {
         let mut builder =
             config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if mode == Mode::Development {
+            builder = builder.add_source(config::File::from_str(DEVELOPMENT, config::FileFormat::Toml));
+        }
         if let Ok(entries) = std::fs::read_dir(dir) {
             let mut files: Vec<_> = entries
                 .filter_map(Result::ok)
@@ -287,7 +321,9 @@ impl Settings {
             .with_list_parse_key("chain.levels")
             .with_list_parse_key("levels.kyc.sanctions")
             .with_list_parse_key("intake.trusted_proxies");
-        Settings::checked(builder.add_source(env).build()?.try_deserialize()?)
+        let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        settings.mode = mode;
+        Settings::checked(settings)
     }
 
     fn checked(settings: Settings) -> Result<Settings, SettingsError> {
@@ -352,7 +388,7 @@ mod tests {
             "[chain]\nlevels = [\"kyc\", \"manager\"]\n[levels.manager]\nthreshold = \"75000\"\n",
         )
         .unwrap();
-        let s = Settings::load(&dir).unwrap();
+        let s = Settings::load(&dir, Mode::Production).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(s.chain.levels, ["kyc", "manager"]);
         assert_eq!(s.levels.manager.threshold.to_string(), "75000.00");
@@ -363,8 +399,35 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("loanflow-settings-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.toml"), "[chain]\nlevels = [\"kyc\", \"astrology\"]\n").unwrap();
-        let err = Settings::load(&dir).unwrap_err();
+        let err = Settings::load(&dir, Mode::Production).unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(err.to_string().contains("astrology"), "{err}");
+    }
+
+    /// The contract's sandbox people, in development mode only.
+    #[test]
+    fn development_mode_alone_carries_the_sandbox_people() {
+        let empty = std::env::temp_dir().join(format!("loanflow-settings-{}", uuid::Uuid::new_v4()));
+        let production = Settings::load(&empty, Mode::Production).unwrap();
+        assert!(production.intake.approvers.is_empty() && production.operators.is_empty());
+        assert_eq!(production.intake.limits.submissions_per_second, 50);
+        assert_eq!(production.mode, Mode::Production);
+
+        let dev = Settings::load(&empty, Mode::Development).unwrap();
+        assert_eq!(dev.mode, Mode::Development);
+        assert_eq!(dev.intake.limits.submissions_per_second, 0, "development mode turns the submission limit off");
+        let approver = |token: &str| {
+            let found: Vec<_> = dev.intake.approvers.iter().filter(|a| a.token_sha256.matches(token)).collect();
+            assert_eq!(found.len(), 1, "{token} names exactly one approver");
+            (found[0].name.as_str(), found[0].levels.join(","))
+        };
+        assert_eq!(approver("sandbox-manager-token"), ("grace", "manager".into()));
+        assert_eq!(approver("sandbox-manager-token-2"), ("alan", "manager".into()));
+        assert_eq!(approver("sandbox-escalation-token"), ("olga", "manager-escalated".into()));
+        assert_eq!(dev.intake.approvers.len(), 3);
+        let ops = operator_for(&dev.operators, "sandbox-operator-token").expect("the sandbox operator");
+        assert_eq!(ops.name, "ops");
+        assert!(operator_for(&dev.operators, "sandbox-manager-token").is_none(), "an approver is no operator");
+        assert_eq!(dev.operators.len(), 1);
     }
 }

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
 use loanflow_level::LevelStats;
 use loanflow_platform::broker::{Topology, STATUS_EXCHANGE};
-use loanflow_platform::secret::Secret;
-use loanflow_platform::settings::{ApproverSettings, RetrySettings};
+use loanflow_platform::secret::{Secret, TokenHash};
+use loanflow_platform::settings::{ApproverSettings, OperatorSettings, RetrySettings};
 
 /// The test approvers' tokens: `grace` decides the manager level, `kim` only kyc.
 pub const MANAGER_TOKEN: &str = "test-token-grace-manager";
@@ -152,7 +152,8 @@ impl TestSystem {
         settings.intake.listen = "127.0.0.1:0".into();
         settings.intake.workers = 1;
         settings.bureau.listen = "127.0.0.1:0".into();
-        settings.bureau.operator_token = Secret::new(OPERATOR_TOKEN);
+        settings.operators =
+            vec![OperatorSettings { name: "operator".into(), token_sha256: TokenHash::of(OPERATOR_TOKEN) }];
         let limits = &mut settings.intake.limits;
         (limits.submissions_per_second, limits.submission_burst, limits.failed_sign_ins_per_minute) =
             if options.limits { (5, 5, 3) } else { (0, 0, 0) };
@@ -161,8 +162,16 @@ impl TestSystem {
         }
         settings.retry = options.retry.clone();
         settings.intake.approvers = vec![
-            ApproverSettings { name: "grace".into(), token: MANAGER_TOKEN.into(), levels: vec!["manager".into()] },
-            ApproverSettings { name: "kim".into(), token: KYC_ONLY_TOKEN.into(), levels: vec!["kyc".into()] },
+            ApproverSettings {
+                name: "grace".into(),
+                token_sha256: TokenHash::of(MANAGER_TOKEN),
+                levels: vec!["manager".into()],
+            },
+            ApproverSettings {
+                name: "kim".into(),
+                token_sha256: TokenHash::of(KYC_ONLY_TOKEN),
+                levels: vec!["kyc".into()],
+            },
         ];
         if let Some(chain) = options.chain {
             settings.chain.levels = chain;

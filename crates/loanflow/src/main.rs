@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use loanflow_platform::db;
+use loanflow_platform::settings::Mode;
 use loanflow_platform::shutdown::{self, Running};
 use loanflow_platform::{telemetry, CancellationToken, Settings};
 
@@ -18,6 +19,11 @@ struct Cli {
     /// Directory of `*.toml` files layered over the built-in defaults.
     #[arg(long, global = true, default_value = "config", env = "LOANFLOW_CONFIG_DIR")]
     config: PathBuf,
+    /// Development mode: adds the contract's sandbox people (published tokens) and turns
+    /// the submission limit off. Only this flag turns it on; never use it where real
+    /// loans are decided.
+    #[arg(long, global = true)]
+    development: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +65,9 @@ enum Command {
         #[command(subcommand)]
         service: TwinService,
     },
+    /// Prints a new random bearer token and the digest that configuration holds for it
+    /// (`token_sha256` of an `[[intake.approvers]]` or `[[operators]]` entry).
+    Token,
     /// The dead-letter queue: list what is there, replay it.
     Dlq {
         #[command(subcommand)]
@@ -101,12 +110,22 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Simulate { scenario, url, bureau_url, reports, operator_token } = &cli.command {
         return simulate(scenario, url, bureau_url, reports, operator_token).await;
     }
-    let settings = Settings::load(&cli.config).context("loading configuration")?;
+    if let Command::Token = &cli.command {
+        let token = loanflow_platform::secret::new_token();
+        println!("token (give it to its holder; it is not kept anywhere): {token}");
+        println!("token_sha256 = \"{}\"", loanflow_platform::secret::TokenHash::of(&token).to_hex());
+        return Ok(());
+    }
+    let mode = if cli.development { Mode::Development } else { Mode::Production };
+    let settings = Settings::load(&cli.config, mode).context("loading configuration")?;
     telemetry::init(&settings.telemetry);
+    if mode == Mode::Development {
+        announce_development(&settings);
+    }
     let stop = shutdown::on_signal();
     let running = match cli.command {
         Command::Migrate => return migrate(&settings).await,
-        Command::Simulate { .. } => unreachable!("handled above: a client needs no configuration"),
+        Command::Simulate { .. } | Command::Token => unreachable!("handled above: they need no configuration"),
         Command::Dlq { action } => return dlq(&settings, action).await,
         Command::Intake => vec![loanflow_intake::start(settings, stop).await?],
         Command::Bureau => vec![loanflow_bureau::start(settings, stop).await?],
@@ -124,6 +143,20 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Says, on the terminal and in the log, that the sandbox people are in.
+fn announce_development(settings: &Settings) {
+    let approvers: Vec<String> =
+        settings.intake.approvers.iter().map(|a| format!("{} ({})", a.name, a.levels.join(", "))).collect();
+    let operators: Vec<&str> = settings.operators.iter().map(|o| o.name.as_str()).collect();
+    eprintln!(
+        "loanflow: DEVELOPMENT MODE — sandbox approvers {}, operator {}, with the contract's published \
+         tokens; no submission limit. Never run it like this where real loans are decided.",
+        approvers.join(", "),
+        operators.join(", ")
+    );
+    tracing::warn!(security_event = "development_mode", "development mode: sandbox people with published tokens");
 }
 
 async fn start_all(settings: Settings, stop: CancellationToken) -> anyhow::Result<Vec<Running>> {

@@ -288,14 +288,10 @@ async fn failed_approver_authentication_is_limited_and_then_even_the_right_token
     assert!(locked.headers().contains_key("retry-after"));
     assert_eq!(inbox(MANAGER_TOKEN).await.unwrap().status(), 429, "guessing learns nothing past the limit");
     // The sign-in page shares the limit.
-    let page = system
-        .http
-        .post(system.url("/approvals/session"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={MANAGER_TOKEN}"))
-        .send()
-        .await;
-    assert_eq!(page.unwrap().status(), 429);
+    let (pre, form_token) = sign_in_form(&system).await;
+    let page =
+        post_form(&system, "/approvals/session", &pre, format!("sign_in={form_token}&token={MANAGER_TOKEN}")).await;
+    assert_eq!(page.status(), 429);
     system.shutdown().await;
 }
 
@@ -318,5 +314,132 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
     assert!(answer.contains("request_timeout"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5), "answered after the 500 ms body timeout");
     assert_eq!(system.count("intake", "applications", None).await, 0);
+    system.shutdown().await;
+}
+
+/// The cookies a response sets, as `name=value` pairs (attributes dropped), and the raw
+/// `Set-Cookie` lines.
+fn set_cookies(response: &reqwest::Response) -> Vec<(String, String, String)> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|line| {
+            let pair = line.split(';').next()?;
+            let (name, value) = pair.split_once('=')?;
+            Some((name.trim().to_owned(), value.trim().to_owned(), line.to_owned()))
+        })
+        .collect()
+}
+
+/// The value of `<input type="hidden" name="{name}" value="…">` in a page.
+fn hidden(html: &str, name: &str) -> Option<String> {
+    let marker = format!(r#"name="{name}" value=""#);
+    let start = html.find(&marker)? + marker.len();
+    Some(html[start..].split('"').next()?.to_owned())
+}
+
+/// The sign-in page's pre-session cookie (as a `Cookie` header) and form token.
+async fn sign_in_form(system: &TestSystem) -> (String, String) {
+    let page = system.http.get(system.url("/approvals")).send().await.unwrap();
+    let cookies = set_cookies(&page);
+    let (name, value, _) =
+        cookies.iter().find(|(n, _, _)| n.ends_with("lf_sign_in")).expect("a sign-in cookie").clone();
+    let token = hidden(&page.text().await.unwrap(), "sign_in").expect("the form's sign-in token");
+    (format!("{name}={value}"), token)
+}
+
+/// Posts a form as a browser would, without following the redirect that answers it.
+async fn post_form(system: &TestSystem, path: &str, cookie: &str, body: String) -> reqwest::Response {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    client
+        .post(system.url(path))
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs in through the page; returns the session cookie (as a `Cookie` header), its raw
+/// `Set-Cookie` line and the inbox's CSRF token.
+async fn sign_in(system: &TestSystem) -> (String, String, String) {
+    let (pre, form_token) = sign_in_form(system).await;
+    let signed =
+        post_form(system, "/approvals/session", &pre, format!("sign_in={form_token}&token={MANAGER_TOKEN}")).await;
+    assert_eq!(signed.status(), 303);
+    let (name, value, line) =
+        set_cookies(&signed).into_iter().find(|(n, _, _)| n.ends_with("lf_session")).expect("a session cookie");
+    let cookie = format!("{name}={value}");
+    let inbox = system.http.get(system.url("/approvals")).header("cookie", &cookie).send().await.unwrap();
+    let html = inbox.text().await.unwrap();
+    assert!(html.contains(r#"id="approver-name">grace<"#), "signed in as grace");
+    (cookie, line, hidden(&html, "csrf").expect("the inbox's CSRF token"))
+}
+
+async fn signed_in_as_grace(system: &TestSystem, cookie: &str) -> bool {
+    let inbox = system.http.get(system.url("/approvals")).header("cookie", cookie).send().await.unwrap();
+    inbox.text().await.unwrap().contains(r#"id="approver-name">grace<"#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_sessions_live_on_the_server_are_bound_to_their_csrf_token_and_end_at_sign_out() {
+    let system = TestSystem::start().await;
+    // Login CSRF: a sign-in form that did not come from our page is refused, even with
+    // the right token, and creates no session.
+    let forged = post_form(&system, "/approvals/session", "", format!("token={MANAGER_TOKEN}")).await;
+    assert_eq!(forged.status(), 403);
+    let (pre, _) = sign_in_form(&system).await;
+    let mismatched =
+        post_form(&system, "/approvals/session", &pre, format!("sign_in=guess&token={MANAGER_TOKEN}")).await;
+    assert_eq!(mismatched.status(), 403);
+    assert_eq!(system.count("intake", "approver_sessions", None).await, 0);
+
+    let (first, line, csrf) = sign_in(&system).await;
+    assert!(!line.contains(MANAGER_TOKEN), "the cookie is a session id, not the token");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] {
+        assert!(line.contains(attribute), "{attribute} in {line}");
+    }
+    assert!(line.starts_with("__Host-") && !line.contains("Domain"), "a host-only __Host- cookie: {line}");
+    assert_eq!(system.count("intake", "approver_sessions", None).await, 1);
+    let id = first.split_once('=').unwrap().1;
+    let digest = loanflow_platform::secret::TokenHash::of(id).to_hex();
+    assert_eq!(
+        system.count_matching("intake", "approver_sessions", &format!("encode(id_sha256, 'hex') = '{digest}'")).await,
+        1,
+        "the server keeps the id's digest"
+    );
+
+    // A second session's CSRF token does not work for the first.
+    let (second, _, second_csrf) = sign_in(&system).await;
+    assert_ne!(csrf, second_csrf);
+    let crossed = post_form(&system, "/approvals/session/end", &first, format!("csrf={second_csrf}")).await;
+    assert_eq!(crossed.status(), 403, "CSRF tokens are bound to their session");
+    assert!(signed_in_as_grace(&system, &first).await, "a refused sign-out changes nothing");
+
+    // Signing out revokes the session on the server: the old cookie is worthless.
+    let out = post_form(&system, "/approvals/session/end", &first, format!("csrf={csrf}")).await;
+    assert_eq!(out.status(), 303);
+    assert!(!signed_in_as_grace(&system, &first).await, "the revoked session no longer signs anyone in");
+    let decide = post_form(
+        &system,
+        "/approvals/LN-000000000000000000000000/decision",
+        &first,
+        format!("csrf={csrf}&decision=approve&reason=x"),
+    )
+    .await;
+    assert_eq!(decide.status(), 401, "nor can it decide");
+    assert!(signed_in_as_grace(&system, &second).await, "the other session lives on");
+
+    // An expired session is refused (its expiry is the server's, not the cookie's).
+    system
+        .execute_sql(&format!(
+            "UPDATE {}.approver_sessions SET expires_at = now() - interval '1 second'",
+            system.schema("intake")
+        ))
+        .await;
+    assert!(!signed_in_as_grace(&system, &second).await, "an expired session signs no one in");
     system.shutdown().await;
 }

@@ -66,6 +66,65 @@ for db in loanflow loanflow_test; do
   fi
 done
 
+# --- Database roles: each service has an owner role (its migrations run as it; it owns
+# the service's schemas) and a runtime role it serves as, with only the privileges its
+# tables need (granted by `loanflow migrate`). Both log in with a password, even where
+# pg_hba.conf trusts everyone else on loopback; the passwords are made here, once, and
+# kept in libpq's password file (~/.pgpass, mode 600), never in the repository. A
+# deployment sets them through its own secret store (see the README).
+roles=(loanflow_intake loanflow_ledger loanflow_level_kyc loanflow_level_credit loanflow_level_underwriting loanflow_level_manager)
+pgpass="$HOME/.pgpass"
+touch "$pgpass" && chmod 600 "$pgpass"
+sql() { PGOPTIONS="-c client_min_messages=warning" psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -v ON_ERROR_STOP=1 -Atqc "$1"; }
+sql "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'loanflow_services') THEN CREATE ROLE loanflow_services NOLOGIN; END IF; END\$\$"
+for runtime in "${roles[@]}"; do
+  for role in "${runtime}_owner" "$runtime"; do
+    password=$(awk -F: -v r="$role" '$4 == r { print $5; exit }' "$pgpass")
+    if [ -z "$password" ] || ! PGPASSWORD=$password psql -h "$PG_HOST" -p "$PG_PORT" -U "$role" -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+      password=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+      sql "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN CREATE ROLE $role LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE; END IF; END\$\$"
+      sql "ALTER ROLE $role WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$password'"
+      grep -v ":$role:" "$pgpass" > "$pgpass.new" || true
+      printf '*:*:*:%s:%s\n' "$role" "$password" >> "$pgpass.new"
+      mv "$pgpass.new" "$pgpass" && chmod 600 "$pgpass"
+      say "database role $role: new password in $pgpass"
+    fi
+    sql "GRANT loanflow_services TO $role"
+  done
+  for db in loanflow loanflow_test; do
+    sql "GRANT CONNECT, CREATE ON DATABASE $db TO ${runtime}_owner; GRANT CONNECT ON DATABASE $db TO $runtime"
+  done
+done
+# A database migrated before the roles existed has its schemas owned by another role:
+# hand each (with its tables) to its service's owner role, so migrations go on working.
+psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d loanflow -v ON_ERROR_STOP=1 -Atq >/dev/null <<'SQL'
+DO $$
+DECLARE s record; t record;
+BEGIN
+  FOR s IN SELECT n.nspname, 'loanflow_' || n.nspname || '_owner' AS owner
+           FROM pg_namespace n
+           WHERE n.nspname IN ('intake', 'ledger', 'level_kyc', 'level_credit', 'level_underwriting', 'level_manager')
+  LOOP
+    IF pg_get_userbyid((SELECT nspowner FROM pg_namespace WHERE nspname = s.nspname)) <> s.owner THEN
+      EXECUTE format('ALTER SCHEMA %I OWNER TO %I', s.nspname, s.owner);
+      FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = s.nspname LOOP
+        EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', s.nspname, t.tablename, s.owner);
+      END LOOP;
+    END IF;
+  END LOOP;
+END
+$$;
+SQL
+# Passwords even on loopback, where the rest of this machine may trust: the services'
+# roles (members of loanflow_services) never log in without one.
+hba=$(sql 'show hba_file')
+if [ -r "$hba" ] && ! grep -q '+loanflow_services' "$hba"; then
+  [ "$SUDO" = none ] && [ ! -w "$hba" ] && die "add to the top of $hba: host all +loanflow_services 127.0.0.1/32 scram-sha-256 (and ::1/128, and local), then reload PostgreSQL"
+  say "requiring passwords for loanflow's database roles ($hba)"
+  $SUDO sed -i '1i local all +loanflow_services scram-sha-256 # loanflow: its roles log in with a password\nhost all +loanflow_services 127.0.0.1/32 scram-sha-256 # loanflow\nhost all +loanflow_services ::1/128 scram-sha-256 # loanflow' "$hba"
+  sql 'select pg_reload_conf()' >/dev/null
+fi
+
 # --- pg_stat_statements: `make bench` reads statements per application from it. It
 # must be preloaded, which takes one restart of the server; done once, where we may.
 preload=$(psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'show shared_preload_libraries')

@@ -20,7 +20,7 @@ mod writer;
 use std::net::TcpListener;
 
 use actix_web::{web, App, HttpServer};
-use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,7 +31,11 @@ use loanflow_platform::http;
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../schema/intake");
+/// The service's schema. Applications and decisions are facts: recorded once, never changed.
+pub const SCHEMA: db::SchemaDefinition = db::SchemaDefinition {
+    migrations: embed_migrations!("../../schema/intake"),
+    append_only: &["applications", "decisions"],
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -47,7 +51,7 @@ pub enum StartError {
 
 /// Migrates, binds and starts every task of the intake. Returns once it is serving.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let pool = db::migrated_pool(&settings.intake.database, MIGRATIONS).await?;
+    let pool = db::migrated_pool(&settings.intake.database, SCHEMA).await?;
     let health = Health::default();
     let relay_health = health.part("outbox-relay");
     let projection_health = health.part("status-consumer");

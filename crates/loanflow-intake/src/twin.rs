@@ -21,7 +21,7 @@ use loanflow_platform::{CancellationToken, Settings};
 
 use crate::api::{new_work, status_body, AppState};
 use crate::error::ApiError;
-use crate::{store, StartError, MIGRATIONS};
+use crate::{store, StartError, SCHEMA};
 
 pub struct TwinChain {
     http: reqwest::Client,
@@ -34,7 +34,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     if !settings.twin.secret.is_set() {
         return Err(StartError::NoTwinSecret);
     }
-    let pool = db::migrated_pool(&settings.intake.database, MIGRATIONS).await?;
+    let pool = db::migrated_pool(&settings.intake.database, SCHEMA).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(settings.twin.timeout_ms))
         .build()

@@ -11,7 +11,7 @@ pub mod twin;
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,7 +28,9 @@ use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 use rust_decimal::Decimal;
 
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../schema/ledger");
+/// The service's schema. A booked loan is never changed or removed by the service.
+pub const SCHEMA: db::SchemaDefinition =
+    db::SchemaDefinition { migrations: embed_migrations!("../../schema/ledger"), append_only: &["loans"] };
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -41,7 +43,7 @@ pub enum StartError {
 }
 
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let pool = db::migrated_pool(&settings.ledger.database, MIGRATIONS).await?;
+    let pool = db::migrated_pool(&settings.ledger.database, SCHEMA).await?;
     let tasks = TaskTracker::new();
     let health = Health::default();
     let consuming = health.part("broker");

@@ -14,7 +14,7 @@ use loanflow_platform::db::{self, blocking, PgPool};
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::{twin, Settings};
 
-use crate::{insert_loans, Booking, StartError, MIGRATIONS};
+use crate::{insert_loans, Booking, StartError, SCHEMA};
 
 struct TwinLedger {
     pool: PgPool,
@@ -26,7 +26,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     if !settings.twin.secret.is_set() {
         return Err(StartError::NoTwinSecret);
     }
-    let pool = db::migrated_pool(&settings.ledger.database, MIGRATIONS).await?;
+    let pool = db::migrated_pool(&settings.ledger.database, SCHEMA).await?;
     let ledger = web::Data::new(TwinLedger { pool, policy: settings.levels.underwriting.clone() });
     let routes = move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(ledger.clone()).route("/loans/{reference}", web::post().to(book));

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,7 +30,9 @@ use loanflow_platform::settings::LevelsSettings;
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../schema/level");
+/// The service's schema. The precise reasons behind decisions are a record: never changed.
+pub const SCHEMA: db::SchemaDefinition =
+    db::SchemaDefinition { migrations: embed_migrations!("../../schema/level"), append_only: &["internal_reasons"] };
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -80,7 +82,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(Running, Arc<LevelStats>), StartError> {
     let rule = Rule::new(&settings, name)?;
-    let pool = db::migrated_pool(&settings.levels.database_for(name), MIGRATIONS).await?;
+    let pool = db::migrated_pool(&settings.levels.database_for(name), SCHEMA).await?;
     let stats = Arc::new(LevelStats::default());
     let level =
         Arc::new(Level { in_flight: Default::default(), name: name.to_owned(), rule, pool, stats: stats.clone() });

@@ -4,6 +4,11 @@
 //! style everywhere keeps transactions simple. Every pooled connection has its
 //! `search_path` set to the service's schema, so the generated `schema.rs` stays
 //! unqualified and the same migrations serve production and every test's fresh schema.
+//!
+//! Two roles per service: migrations run as the owner (`<role>_owner`), which owns the
+//! schema and its tables and grants the runtime role (`<role>`) only what they need; the
+//! service serves as the runtime role. Neither is a superuser, and one service's roles
+//! have no privilege on another's schema.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +21,18 @@ use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
+use crate::secret::Secret;
 use crate::settings::DatabaseSettings;
+
+/// A service's schema: its migrations, and its append-only tables, on which the runtime
+/// role may insert and select but never update or delete. Services define it as a
+/// `const`, so each use is a fresh value.
+pub struct SchemaDefinition {
+    pub migrations: EmbeddedMigrations,
+    pub append_only: &'static [&'static str],
+}
 
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 pub type PgPooled = PooledConnection<ConnectionManager<PgConnection>>;
@@ -47,6 +62,49 @@ pub fn is_identifier(s: &str) -> bool {
     matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
         && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
         && s.len() <= 63
+}
+
+/// A URL for the roles to be inserted into: `postgres://` or `postgresql://`, no user.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| "must start with postgres://".to_owned())?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("must not name a user: services connect as their own roles (database.role)".into());
+    }
+    Ok(())
+}
+
+/// `url` with `role` (and its password, if configured) as the user; the connection is
+/// named after the role in `pg_stat_activity`.
+fn with_role(url: &str, role: &str, password: &Secret) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let credentials = if password.is_set() {
+        format!("{role}:{}@", utf8_percent_encode(password.expose(), NON_ALPHANUMERIC))
+    } else {
+        format!("{role}@")
+    };
+    let separator = if rest.contains('?') { '&' } else { '?' };
+    format!("{scheme}://{credentials}{rest}{separator}application_name=loanflow-{role}")
+}
+
+impl DatabaseSettings {
+    /// The role that owns the schema and runs the migrations.
+    pub fn owner_role(&self) -> String {
+        format!("{}_owner", self.role)
+    }
+
+    /// Where the service connects to serve. Carries the password: never logged.
+    pub fn runtime_url(&self) -> String {
+        with_role(&self.url, &self.role, &self.password)
+    }
+
+    /// Where migrations connect. Carries the password: never logged.
+    pub fn owner_url(&self) -> String {
+        with_role(&self.url, &self.owner_role(), &self.owner_password)
+    }
 }
 
 /// Statements and transactions every connection of a schema's pools has run: what a
@@ -127,32 +185,57 @@ pub fn pool(settings: &DatabaseSettings) -> PgPool {
             statement_timeout_ms: settings.statement_timeout_ms,
             counters: Counters::of(&settings.schema),
         }))
-        .build_unchecked(ConnectionManager::new(&settings.url))
+        .build_unchecked(ConnectionManager::new(settings.runtime_url()))
 }
 
-/// Creates the schema if needed and runs pending migrations, under an advisory lock
-/// so that instances starting together migrate once, in turn.
-pub fn migrate(pool: &PgPool, schema: &str, migrations: EmbeddedMigrations) -> Result<(), DbError> {
-    let mut conn = pool.get()?;
-    conn.batch_execute("SELECT pg_advisory_lock(hashtext('loanflow.migrate'))")?;
-    let result =
-        conn.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).map_err(DbError::from).and_then(
-            |()| conn.run_pending_migrations(migrations).map(drop).map_err(|e| DbError::Migration(e.to_string())),
-        );
+/// As the owner role: creates the schema if needed, runs pending migrations and grants
+/// the runtime role what it needs, under an advisory lock so that instances starting
+/// together migrate once, in turn.
+pub fn migrate(settings: &DatabaseSettings, definition: SchemaDefinition) -> Result<(), DbError> {
+    let mut conn = PgConnection::establish(&settings.owner_url())
+        .map_err(|e| DbError::Unavailable(format!("as {}: {e}", settings.owner_role())))?;
+    let schema = &settings.schema;
+    conn.batch_execute(&format!(
+        "SET statement_timeout = {}; SELECT pg_advisory_lock(hashtext('loanflow.migrate'))",
+        settings.statement_timeout_ms.max(60_000)
+    ))?;
+    let result = conn
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\""))
+        .map_err(DbError::from)
+        .and_then(|()| {
+            conn.run_pending_migrations(definition.migrations).map(drop).map_err(|e| DbError::Migration(e.to_string()))
+        })
+        .and_then(|()| Ok(conn.batch_execute(&grants(schema, &settings.role, definition.append_only))?));
     let unlocked = conn.batch_execute("SELECT pg_advisory_unlock(hashtext('loanflow.migrate'))");
     result?;
     unlocked?;
     Ok(())
 }
 
+/// What the runtime role may do in its service's schema: use it; select, insert, update
+/// and delete rows, except in append-only tables (select and insert) and the migration
+/// history (nothing). No DDL: it owns nothing. Identifiers are checked when settings
+/// load ([`is_identifier`]) and append-only tables are the services' constants.
+fn grants(schema: &str, role: &str, append_only: &[&str]) -> String {
+    let mut sql = format!(
+        "GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\";
+         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\";
+         REVOKE ALL ON \"{schema}\".__diesel_schema_migrations FROM \"{role}\";"
+    );
+    for table in append_only {
+        sql.push_str(&format!("REVOKE UPDATE, DELETE, TRUNCATE ON \"{schema}\".\"{table}\" FROM \"{role}\";"));
+    }
+    sql
+}
+
 /// The service's pool, once its schema is migrated: what every service starts with.
-pub async fn migrated_pool(settings: &DatabaseSettings, migrations: EmbeddedMigrations) -> Result<PgPool, DbError> {
-    let pool = pool(settings);
-    let (for_migration, schema) = (pool.clone(), settings.schema.clone());
-    tokio::task::spawn_blocking(move || migrate(&for_migration, &schema, migrations))
+pub async fn migrated_pool(settings: &DatabaseSettings, definition: SchemaDefinition) -> Result<PgPool, DbError> {
+    let for_migration = settings.clone();
+    tokio::task::spawn_blocking(move || migrate(&for_migration, definition))
         .await
         .map_err(|_| DbError::Cancelled)??;
-    Ok(pool)
+    Ok(pool(settings))
 }
 
 thread_local! {
@@ -264,6 +347,23 @@ pub mod inbox {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn services_connect_as_their_roles_with_the_password_encoded() {
+        use crate::secret::Secret;
+        assert!(super::check_url("postgres://db.internal:5432/loanflow?sslmode=verify-full").is_ok());
+        assert!(super::check_url("postgresql://127.0.0.1/loanflow").is_ok());
+        assert!(super::check_url("postgres://root@127.0.0.1/loanflow").is_err(), "a user in the URL is refused");
+        assert!(super::check_url("mysql://127.0.0.1/loanflow").is_err());
+        assert_eq!(
+            super::with_role("postgres://h:5432/db?sslmode=disable", "loanflow_intake", &Secret::default()),
+            "postgres://loanflow_intake@h:5432/db?sslmode=disable&application_name=loanflow-loanflow_intake"
+        );
+        assert_eq!(
+            super::with_role("postgres://h/db", "r", &Secret::new("p@ss:/w?&")),
+            "postgres://r:p%40ss%3A%2Fw%3F%26@h/db?application_name=loanflow-r"
+        );
+    }
+
     use super::*;
 
     #[test]

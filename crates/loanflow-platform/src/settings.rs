@@ -134,8 +134,19 @@ pub struct ChainSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
-    /// libpq connection URL. May carry credentials: never logged.
+    /// libpq connection URL without a user (`postgres://host:port/database?…`): the
+    /// roles below are the only ones a service connects as.
     pub url: String,
+    /// The runtime role the service serves as (levels: a prefix, followed by the level's
+    /// name). Its migrations run as `<role>_owner`, which owns the schema and grants the
+    /// runtime role only what its tables need.
+    pub role: String,
+    /// The roles' passwords. Unset, libpq finds them in its password file (`~/.pgpass`,
+    /// or `PGPASSFILE`), where `deploy/prepare.sh` keeps them for a local machine.
+    #[serde(default)]
+    pub password: Secret,
+    #[serde(default)]
+    pub owner_password: Secret,
     /// The schema this service owns; its tables and migration history live there.
     pub schema: String,
     pub pool_size: u32,
@@ -262,9 +273,13 @@ pub struct LevelsSettings {
 }
 
 impl LevelsSettings {
-    /// The database settings of one level, with its own schema.
+    /// The database settings of one level, with its own schema and roles.
     pub fn database_for(&self, level: &str) -> DatabaseSettings {
-        DatabaseSettings { schema: format!("{}{level}", self.database.schema), ..self.database.clone() }
+        DatabaseSettings {
+            schema: format!("{}{level}", self.database.schema),
+            role: format!("{}{level}", self.database.role),
+            ..self.database.clone()
+        }
     }
 }
 
@@ -345,6 +360,12 @@ impl Settings {
         for db in [&settings.intake.database, &settings.ledger.database, &settings.levels.database] {
             if !crate::db::is_identifier(&db.schema) {
                 return invalid(format!("database schema {:?} must match [a-z_][a-z0-9_]*", db.schema));
+            }
+            if !crate::db::is_identifier(&db.role) {
+                return invalid(format!("database role {:?} must match [a-z_][a-z0-9_]*", db.role));
+            }
+            if let Err(why) = crate::db::check_url(&db.url) {
+                return invalid(format!("database url: {why}"));
             }
         }
         Ok(settings)

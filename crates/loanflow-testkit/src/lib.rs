@@ -137,7 +137,10 @@ impl TestSystem {
         ensure_test_database().await?;
 
         let mut settings = Settings::defaults()?;
-        let db_url = format!("{}/{TEST_DATABASE}?sslmode=disable", pg_server());
+        // Services connect as their own roles (no user in the URL), as in production.
+        let server = pg_server();
+        let host = server.split_once('@').map_or(server.as_str(), |(_, host)| host).trim_start_matches("postgres://");
+        let db_url = format!("postgres://{host}/{TEST_DATABASE}?sslmode=disable");
         settings.broker.url = format!("{}/{vhost}", amqp_server());
         settings.broker.reconnect_max_ms = 1000;
         for (db, schema) in [
@@ -253,7 +256,7 @@ impl TestSystem {
     pub async fn start_level_behind_db_proxy(&mut self, name: &str) -> ProxiedLevel {
         let proxy = FaultProxy::start(pg_addr().expect("database address")).await;
         let mut settings = self.settings.clone();
-        settings.levels.database.url = format!("postgres://root@{}/{TEST_DATABASE}?sslmode=disable", proxy.addr());
+        settings.levels.database.url = format!("postgres://{}/{TEST_DATABASE}?sslmode=disable", proxy.addr());
         self.start_level_with(settings, name, proxy).await
     }
 
@@ -397,6 +400,35 @@ impl TestSystem {
     /// [`TestSystem::schema`]), e.g. to age rows past a retention period.
     pub async fn execute_sql(&self, sql: &str) {
         execute_on_test_database(sql.to_owned()).await;
+    }
+
+    /// The first column (as text, named `v`) of a query on the test database, as the
+    /// test harness's own superuser.
+    pub async fn text_rows(&self, sql: &str) -> Vec<String> {
+        let (url, sql) = (format!("{}/{TEST_DATABASE}", pg_server()), sql.to_owned());
+        tokio::task::spawn_blocking(move || {
+            #[derive(QueryableByName)]
+            struct Row {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                v: String,
+            }
+            let mut conn = PgConnection::establish(&url).expect("database");
+            diesel::sql_query(sql).load::<Row>(&mut conn).expect("query").into_iter().map(|r| r.v).collect()
+        })
+        .await
+        .expect("query task")
+    }
+
+    /// Runs statements connected through `url` (a service role's, say): the database's
+    /// error, if any, as text.
+    pub async fn sql_as(&self, url: String, sql: &str) -> Result<(), String> {
+        let sql = sql.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = PgConnection::establish(&url).map_err(|e| e.to_string())?;
+            conn.batch_execute(&sql).map_err(|e| e.to_string())
+        })
+        .await
+        .expect("statement task")
     }
 
     /// Rows in one of this test's tables, e.g. `count("ledger", "loans", None)`.

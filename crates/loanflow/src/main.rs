@@ -231,17 +231,22 @@ async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let mut targets = vec![
-        (settings.intake.database.clone(), loanflow_intake::MIGRATIONS),
-        (settings.ledger.database.clone(), loanflow_ledger::MIGRATIONS),
+        (settings.intake.database.clone(), loanflow_intake::SCHEMA),
+        (settings.ledger.database.clone(), loanflow_ledger::SCHEMA),
     ];
     for level in &settings.chain.levels {
-        targets.push((settings.levels.database_for(level), loanflow_level::MIGRATIONS));
+        targets.push((settings.levels.database_for(level), loanflow_level::SCHEMA));
     }
     for (database, migrations) in targets {
         db::migrated_pool(&database, migrations)
             .await
-            .with_context(|| format!("migrating schema {}", database.schema))?;
-        println!("schema {}: up to date", database.schema);
+            .with_context(|| format!("migrating schema {} as {}", database.schema, database.owner_role()))?;
+        println!(
+            "schema {}: up to date (owner {}, runtime role {})",
+            database.schema,
+            database.owner_role(),
+            database.role
+        );
     }
     Ok(())
 }

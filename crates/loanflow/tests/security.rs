@@ -443,3 +443,58 @@ async fn page_sessions_live_on_the_server_are_bound_to_their_csrf_token_and_end_
     assert!(!signed_in_as_grace(&system, &second).await, "an expired session signs no one in");
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_serves_as_its_own_role_with_a_password_and_no_more_privilege_than_it_needs() {
+    let system = TestSystem::start().await;
+    let reference = system.submit_ok(&application(720)).await;
+    system.wait_for_status(&reference, "approved", Duration::from_secs(30)).await;
+
+    // Every connection the services hold is one of their runtime roles; none is a superuser.
+    let roles = system
+        .text_rows(
+            "SELECT DISTINCT a.usename || ':' || r.rolsuper AS v FROM pg_stat_activity a \
+             JOIN pg_roles r ON r.rolname = a.usename \
+             WHERE a.datname = current_database() AND a.application_name LIKE 'loanflow-%'",
+        )
+        .await;
+    for expected in ["loanflow_intake", "loanflow_ledger", "loanflow_level_kyc", "loanflow_level_manager"] {
+        assert!(roles.contains(&format!("{expected}:false")), "{expected} connected, not a superuser: {roles:?}");
+    }
+    assert!(roles.iter().all(|r| r.ends_with(":false")), "no service connection is a superuser: {roles:?}");
+
+    let (intake, ledger, kyc) = (system.schema("intake"), system.schema("ledger"), system.schema("kyc"));
+    let as_intake = || system.settings.intake.database.runtime_url();
+    let denied = |result: Result<(), String>, what: &str| {
+        let error = result.expect_err(what);
+        assert!(error.contains("permission denied"), "{what}: {error}");
+    };
+    // Another service's tables are out of reach.
+    denied(system.sql_as(as_intake(), &format!("SELECT * FROM \"{ledger}\".loans")).await, "intake reads ledger");
+    denied(
+        system.sql_as(as_intake(), &format!("SELECT * FROM \"{kyc}\".processed_messages")).await,
+        "intake reads kyc",
+    );
+    let as_kyc = system.settings.levels.database_for("kyc").runtime_url();
+    denied(system.sql_as(as_kyc, &format!("SELECT * FROM \"{intake}\".applications")).await, "kyc reads intake");
+    // Its own append-only tables take inserts, never changes; no runtime role does DDL.
+    let as_ledger = system.settings.ledger.database.runtime_url();
+    system.sql_as(as_ledger.clone(), &format!("SELECT count(*) FROM \"{ledger}\".loans")).await.unwrap();
+    denied(system.sql_as(as_ledger.clone(), &format!("DELETE FROM \"{ledger}\".loans")).await, "ledger deletes a loan");
+    denied(
+        system.sql_as(as_ledger, &format!("UPDATE \"{ledger}\".loans SET annual_rate = 0")).await,
+        "ledger rewrites a loan",
+    );
+    denied(
+        system.sql_as(as_intake(), &format!("UPDATE \"{intake}\".applications SET submitted_at = now()")).await,
+        "intake rewrites an application",
+    );
+    denied(system.sql_as(as_intake(), &format!("CREATE TABLE \"{intake}\".extra (a int)")).await, "runtime DDL");
+    assert_eq!(system.count("ledger", "loans", Some(&reference)).await, 1, "the loan is untouched");
+
+    // The roles need their password, even here where the local server trusts its superuser.
+    let wrong = system.settings.intake.database.runtime_url().replace("loanflow_intake@", "loanflow_intake:wrong@");
+    let refused = system.sql_as(wrong, "SELECT 1").await.expect_err("a wrong password is refused");
+    assert!(refused.contains("password authentication failed"), "{refused}");
+    system.shutdown().await;
+}

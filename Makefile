@@ -3,6 +3,8 @@ CARGO ?= cargo
 # `make run` is how a new user first judges the system's speed: an optimised build.
 # (`make test` builds its own, in debug.)
 BIN := target/release/loanflow
+# The broker users' passwords, made by deploy/prepare.sh outside the repository.
+CREDENTIALS ?= $(HOME)/.config/loanflow/broker.env
 
 .PHONY: run test prepare build migrate lint fmt schema schema-check screenshots simulate bench
 
@@ -10,7 +12,7 @@ BIN := target/release/loanflow
 run: export LOANFLOW_SKIP_BROWSER = 1
 run: prepare build migrate
 	@echo "==> starting loanflow (intake on http://127.0.0.1:8080/)"
-	@$(BIN) --development all
+	@. $(CREDENTIALS) && exec $(BIN) --development all
 
 ## test: prepare the machine, then formatting, lints and every test
 test: prepare lint
@@ -22,8 +24,9 @@ prepare:
 build:
 	$(CARGO) build --release --bin loanflow
 
+## migrate: the broker's vhost, users, permissions and topology, then every schema
 migrate: build
-	@$(BIN) migrate
+	@. $(CREDENTIALS) && $(BIN) migrate
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -14,14 +14,16 @@ API=http://127.0.0.1:15672/api
 AUTH=guest:guest
 
 curl -fsS -u $AUTH -X DELETE "$API/vhosts/$VHOST" >/dev/null 2>&1 || true
-curl -fsS -u $AUTH -X PUT "$API/vhosts/$VHOST" >/dev/null
-curl -fsS -u $AUTH -X PUT -H 'content-type: application/json' \
-  -d '{"configure":".*","write":".*","read":".*"}' "$API/permissions/$VHOST/guest" >/dev/null
 psql -h 127.0.0.1 -U root -d loanflow -qc \
   "DROP SCHEMA IF EXISTS bench_intake, bench_twin_intake, bench_twin_ledger, bench_ledger, bench_level_kyc, bench_level_credit, bench_level_underwriting, bench_level_manager CASCADE" >/dev/null
 
 export LOANFLOW_CONFIG_DIR=/nonexistent
-export LOANFLOW__BROKER__URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
+# The services connect as broker users of the bench's own (prefix bench_), with the
+# machine's passwords (deploy/prepare.sh); `loanflow migrate` creates them.
+# shellcheck disable=SC1090
+. "${LOANFLOW_CREDENTIALS:-$HOME/.config/loanflow/broker.env}"
+export LOANFLOW__BROKER__URL="amqp://127.0.0.1:5672/$VHOST"
+export LOANFLOW__BROKER__USER_PREFIX=bench_
 export LOANFLOW__INTAKE__DATABASE__SCHEMA=bench_intake
 export LOANFLOW__LEDGER__DATABASE__SCHEMA=bench_ledger
 export LOANFLOW__LEVELS__DATABASE__SCHEMA=bench_level_
@@ -32,6 +34,9 @@ export LOANFLOW__TELEMETRY__FILTER=warn
 # A benchmark submits from one address far above the per-client limit.
 export LOANFLOW__INTAKE__LIMITS__SUBMISSIONS_PER_SECOND=0
 $BIN migrate >/dev/null
+# The bench client itself (the bare chain, queue inspection) is the harness: guest.
+curl -fsS -u $AUTH -X PUT -H 'content-type: application/json' \
+  -d '{"configure":".*","write":".*","read":".*"}' "$API/permissions/$VHOST/guest" >/dev/null
 
 pids=()
 args=()
@@ -39,6 +44,9 @@ cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   curl -fsS -u $AUTH -X DELETE "$API/vhosts/$VHOST" >/dev/null 2>&1 || true
+  for user in setup intake ledger operator level_kyc level_credit level_underwriting level_manager; do
+    curl -fsS -u $AUTH -X DELETE "$API/users/bench_$user" >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
 start() { # name, then the subcommand
@@ -81,4 +89,4 @@ metrics=(--metrics intake=http://127.0.0.1:18080 --metrics ledger=http://127.0.0
 port=18101
 for level in kyc credit underwriting manager; do metrics+=(--metrics "$level=http://127.0.0.1:$port"); port=$((port + 1)); done
 
-target/release/loanflow-bench "${metrics[@]}" --url http://127.0.0.1:18080 --sync-url http://127.0.0.1:18081 --amqp "$LOANFLOW__BROKER__URL" "${args[@]}" "$@"
+target/release/loanflow-bench "${metrics[@]}" --url http://127.0.0.1:18080 --sync-url http://127.0.0.1:18081 --amqp "amqp://guest:guest@127.0.0.1:5672/$VHOST" "${args[@]}" "$@"

@@ -155,6 +155,20 @@ if ! port_open 127.0.0.1 "$MGMT_PORT"; then
   $SUDO rabbitmq-plugins enable rabbitmq_management >/dev/null
   wait_port 127.0.0.1 "$MGMT_PORT" 60 "RabbitMQ management"
 fi
+# --- Broker users: every service connects as a user of its own (`loanflow migrate`
+# creates them, with their permissions, through the management API). Their passwords
+# are made here, once, and kept outside the repository, in a file `make run` reads into
+# the environment (LOANFLOW__BROKER__PASSWORDS__<SERVICE>).
+credentials="${LOANFLOW_CREDENTIALS:-$HOME/.config/loanflow/broker.env}"
+if [ ! -s "$credentials" ]; then
+  mkdir -p "$(dirname "$credentials")"
+  (umask 077
+   for service in setup intake ledger operator level_kyc level_credit level_underwriting level_manager; do
+     printf 'export LOANFLOW__BROKER__PASSWORDS__%s=%s\n' "${service^^}" "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+   done > "$credentials")
+  say "broker users' passwords made: $credentials"
+fi
+
 # --- browser tests: Debian's Chromium, Node.js, and playwright-core (which drives the
 # system's Chromium and downloads no browser of its own)
 if [ "${LOANFLOW_SKIP_BROWSER:-}" != 1 ]; then

@@ -311,7 +311,7 @@ async fn broker_ceiling(amqp: &str, count: usize, payload_size: usize) -> anyhow
                 FieldTable::default(),
             )
             .await?;
-        let publisher = Publisher::open(&conn).await?;
+        let publisher = Publisher::open(&conn, None).await?;
         let (next, done) = (if i + 1 < HOPS { Some(queue(i + 1)) } else { None }, done.clone());
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
@@ -338,7 +338,7 @@ async fn broker_ceiling(amqp: &str, count: usize, payload_size: usize) -> anyhow
         });
         conns.push(conn);
     }
-    let publisher = Publisher::open(&setup).await?;
+    let publisher = Publisher::open(&setup, None).await?;
     let payload = vec![b'x'; payload_size];
     let start = Instant::now();
     stream::iter(0..count)

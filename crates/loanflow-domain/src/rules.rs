@@ -51,6 +51,17 @@ pub enum LevelKind {
 }
 
 impl LevelKind {
+    pub const ALL: [LevelKind; 4] = [LevelKind::Kyc, LevelKind::Credit, LevelKind::Underwriting, LevelKind::Manager];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LevelKind::Kyc => "kyc",
+            LevelKind::Credit => "credit",
+            LevelKind::Underwriting => "underwriting",
+            LevelKind::Manager => "manager",
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<LevelKind> {
         match name {
             "kyc" => Some(LevelKind::Kyc),

@@ -24,6 +24,7 @@ use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use loanflow_platform::broker::access::{self, Senders};
 use loanflow_platform::broker::{self, STATUS_QUEUE};
 use loanflow_platform::db::{self, DbError};
 use loanflow_platform::health::{self, Health};
@@ -50,7 +51,8 @@ pub enum StartError {
 }
 
 /// Migrates, binds and starts every task of the intake. Returns once it is serving.
-pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
+pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
+    settings.broker = settings.broker.acting_as(access::INTAKE);
     let pool = db::migrated_pool(&settings.intake.database, SCHEMA).await?;
     let health = Health::default();
     let relay_health = health.part("outbox-relay");
@@ -74,9 +76,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     }));
     let mut status_settings = settings.clone();
     status_settings.broker.prefetch = settings.intake.status_prefetch.max(1);
+    let senders = Senders::of(&status_settings.broker, access::Queue::Status);
     tasks.spawn(broker::consume(
         status_settings,
         STATUS_QUEUE.to_owned(),
+        senders,
         projection_health,
         shutdown,
         move |batch, _publisher| projection::handle_batch(pool.clone(), batch),

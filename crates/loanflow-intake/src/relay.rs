@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use loanflow_platform::broker::{BrokerError, Outgoing, Publisher, Supervisor, Topology};
+use loanflow_platform::broker::{BrokerError, Outgoing, Publisher, Supervisor};
 use loanflow_platform::db::{blocking, DbError, PgPool};
 use loanflow_platform::health::Flag;
 use loanflow_platform::Settings;
@@ -34,10 +34,7 @@ pub async fn run(settings: Settings, pool: PgPool, wake: Arc<Notify>, health: Fl
     let mut supervisor = Supervisor::new(&settings.broker, "outbox relay", &health, &shutdown);
     while let Some(conn) = supervisor.connect().await {
         let session = async {
-            let channel = conn.create_channel().await.map_err(BrokerError::from)?;
-            Topology::new(&settings).declare(&channel).await?;
-            let _ = channel.close(200, "bye".into()).await;
-            let publisher = Publisher::open(&conn).await?;
+            let publisher = Publisher::open(&conn, settings.broker.user()).await?;
             health.set(true);
             loop {
                 if !conn.status().connected() {

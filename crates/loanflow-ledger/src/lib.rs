@@ -21,6 +21,7 @@ use loanflow_domain::rules::{Offer, UnderwritingPolicy};
 use loanflow_domain::{Reference, Status};
 use std::collections::HashSet;
 
+use loanflow_platform::broker::access::{self, Senders};
 use loanflow_platform::broker::{self, step_queue, Batch, Disposition, Publisher};
 use loanflow_platform::db::{self, blocking, DbError, PgPool};
 use loanflow_platform::health::{self, Health};
@@ -42,7 +43,8 @@ pub enum StartError {
     NoTwinSecret,
 }
 
-pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
+pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
+    settings.broker = settings.broker.acting_as(access::LEDGER);
     let pool = db::migrated_pool(&settings.ledger.database, SCHEMA).await?;
     let tasks = TaskTracker::new();
     let health = Health::default();
@@ -50,7 +52,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     let listen = settings.ledger.health_listen.clone();
     let addr = health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Listen(listen, e))?;
     let policy = settings.levels.underwriting.clone();
-    tasks.spawn(broker::consume(settings, step_queue(LEDGER_STEP), consuming, shutdown, move |batch, publisher| {
+    let senders = Senders::of(&settings.broker, access::Queue::Ledger);
+    let queue = step_queue(LEDGER_STEP);
+    tasks.spawn(broker::consume(settings, queue, senders, consuming, shutdown, move |batch, publisher| {
         book_batch(pool.clone(), policy.clone(), batch, publisher)
     }));
     tracing::info!(health = %addr, "ledger started");

@@ -23,6 +23,7 @@ use futures_util::future::join_all;
 use loanflow_domain::messages::{ApproverDecision, Envelope, RoutingSlip, StatusEvent, WorkItem, WorkMessage};
 use loanflow_domain::rules::{self, LevelKind, ManagerVerdict, Verdict};
 use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
+use loanflow_platform::broker::access::{self, Senders};
 use loanflow_platform::broker::{self, step_queue, Batch, BrokerError, Disposition, Publisher};
 use loanflow_platform::db::{self, blocking, inbox, DbError, PgPool};
 use loanflow_platform::health::{self, Health};
@@ -65,6 +66,8 @@ struct Level {
     rule: Rule,
     pool: PgPool,
     stats: Arc<LevelStats>,
+    /// Who may send an approver's decision (the intake).
+    deciders: Senders,
 }
 
 /// A level's rule with what applying it needs: the policies and, for credit, the
@@ -77,15 +80,24 @@ pub(crate) struct Rule {
 
 /// Starts level `name`: migrates its schema and consumes its queue until `shutdown`.
 pub async fn start(
-    settings: Settings,
+    mut settings: Settings,
     name: &str,
     shutdown: CancellationToken,
 ) -> Result<(Running, Arc<LevelStats>), StartError> {
+    settings.broker = settings.broker.acting_as(&access::level(name));
     let rule = Rule::new(&settings, name)?;
     let pool = db::migrated_pool(&settings.levels.database_for(name), SCHEMA).await?;
     let stats = Arc::new(LevelStats::default());
-    let level =
-        Arc::new(Level { in_flight: Default::default(), name: name.to_owned(), rule, pool, stats: stats.clone() });
+    // A person's decision comes from the intake, where approvers sign in; from no level.
+    let deciders = Senders::just(&settings.broker, vec![access::INTAKE.to_owned()]);
+    let level = Arc::new(Level {
+        in_flight: Default::default(),
+        name: name.to_owned(),
+        rule,
+        pool,
+        stats: stats.clone(),
+        deciders,
+    });
     let tasks = TaskTracker::new();
     let health = Health::default();
     let consuming = health.part("broker");
@@ -98,7 +110,8 @@ pub async fn start(
         let (pool, before) = (pool.clone(), loanflow_platform::retention::cutoff_days(retention.inbox_days));
         async move { blocking(&pool, move |conn| inbox::forget_before(conn, before)).await }
     }));
-    tasks.spawn(broker::consume(settings, step_queue(name), consuming, shutdown, move |batch, publisher| {
+    let senders = Senders::of(&settings.broker, access::Queue::Level(name));
+    tasks.spawn(broker::consume(settings, step_queue(name), senders, consuming, shutdown, move |batch, publisher| {
         let level = level.clone();
         async move { level.handle_batch(batch, publisher).await }
     }));
@@ -218,6 +231,12 @@ impl Level {
                 }
                 WorkMessage::V1(work) => {
                     items.push(Item { index, reference, message_id, work, last_attempt: incoming.is_last_attempt() })
+                }
+                WorkMessage::ApprovalV1(_) if !self.deciders.allows(incoming.sender.as_deref()) => {
+                    let sender = incoming.sender.as_deref().unwrap_or("nobody");
+                    tracing::warn!(security_event = "decision_refused", %reference, %sender, "an approver's decision from a sender that may not send one");
+                    answers[index] =
+                        Some(Disposition::DeadLetter(format!("refused: {sender} may not send an approver's decision")));
                 }
                 WorkMessage::ApprovalV1(decision) => approvals.push((index, reference, message_id, decision)),
             }

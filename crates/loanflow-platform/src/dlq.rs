@@ -16,8 +16,8 @@ use lapin::Channel;
 use serde::Serialize;
 
 use crate::broker::{
-    self, header_string, header_u64, BrokerError, Publisher, Topology, ATTEMPTS_HEADER, DEAD_AT_HEADER,
-    DEAD_LETTER_QUEUE, ORIGIN_HEADER, REASON_HEADER, REFERENCE_HEADER,
+    self, header_string, header_u64, BrokerError, Publisher, ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_LETTER_QUEUE,
+    ORIGIN_HEADER, REASON_HEADER, REFERENCE_HEADER,
 };
 use crate::Settings;
 
@@ -49,11 +49,13 @@ fn describe(delivery: &Delivery, now: i64) -> DeadLetter {
     }
 }
 
-async fn open(settings: &Settings) -> Result<(lapin::Connection, Channel), BrokerError> {
-    let conn = broker::connect(&settings.broker).await?;
+/// Connects as the operator, the one user that reads the dead letters and replays them.
+async fn open(settings: &Settings) -> Result<(lapin::Connection, Channel, Publisher), BrokerError> {
+    let broker = settings.broker.acting_as(broker::access::OPERATOR);
+    let conn = broker::connect(&broker).await?;
     let channel = conn.create_channel().await?;
-    Topology::new(settings).declare(&channel).await?;
-    Ok((conn, channel))
+    let publisher = Publisher::open(&conn, broker.user()).await?;
+    Ok((conn, channel, publisher))
 }
 
 async fn drain(channel: &Channel) -> Result<Vec<Delivery>, BrokerError> {
@@ -75,8 +77,7 @@ async fn rotate<F>(settings: &Settings, mut decide: F) -> Result<Vec<DeadLetter>
 where
     F: FnMut(&DeadLetter) -> Settle,
 {
-    let (conn, channel) = open(settings).await?;
-    let publisher = Publisher::open(&conn).await?;
+    let (conn, channel, publisher) = open(settings).await?;
     let now = chrono::Utc::now().timestamp();
     let mut letters = Vec::new();
     for delivery in drain(&channel).await? {

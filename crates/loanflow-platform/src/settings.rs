@@ -71,8 +71,26 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BrokerSettings {
-    /// AMQP URI including the vhost. May carry credentials: never logged.
+    /// AMQP URI of the broker and vhost, without credentials: each service connects as
+    /// its own user (see `broker::access`).
     pub url: String,
+    /// Services' broker users are this prefix followed by the service (`intake`,
+    /// `ledger`, `level_<name>`, `operator`, `setup`).
+    pub user_prefix: String,
+    /// Their passwords, by service (`LOANFLOW__BROKER__PASSWORDS__INTAKE`, …); a process
+    /// needs its own only, `loanflow migrate` every one (it sets them on the broker).
+    #[serde(default)]
+    pub passwords: std::collections::BTreeMap<String, Secret>,
+    /// The management API and an administrator of it: `loanflow migrate` creates the
+    /// vhost, the users and their permissions there.
+    pub management_url: String,
+    pub management_user: String,
+    #[serde(default)]
+    pub management_password: Secret,
+    /// Who this process acts as on the broker; set by the service that starts, never
+    /// read from a file. Unset, the URL is used as it is (a test harness's own client).
+    #[serde(skip)]
+    pub service: Option<String>,
     pub queue_type: QueueType,
     /// Unacked deliveries a consumer may hold. Too low starves a level that waits on
     /// I/O (the bureau); too high lets one instance hoard work another could do and
@@ -92,6 +110,33 @@ pub struct BrokerSettings {
     /// broker that is restarting; too high leaves work waiting after it is back.
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+}
+
+impl BrokerSettings {
+    /// These settings for a process acting as `service`.
+    pub fn acting_as(&self, service: &str) -> BrokerSettings {
+        BrokerSettings { service: Some(service.to_owned()), ..self.clone() }
+    }
+
+    /// The broker user of `service`.
+    pub fn user_of(&self, service: &str) -> String {
+        format!("{}{service}", self.user_prefix)
+    }
+
+    /// The broker user this process acts as, if it acts as a service.
+    pub fn user(&self) -> Option<String> {
+        self.service.as_deref().map(|s| self.user_of(s))
+    }
+
+    /// The URI to connect to: with this service's user and password. Carries the
+    /// password: never logged.
+    pub fn connection_url(&self) -> String {
+        let Some(service) = &self.service else { return self.url.clone() };
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("amqp", &self.url));
+        let encode = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let password = self.passwords.get(service).map(|p| encode(p.expose())).unwrap_or_default();
+        format!("{scheme}://{}:{password}@{rest}", encode(&self.user_of(service)))
+    }
 }
 
 /// Retries of transient failures, through the broker's delay queues.
@@ -367,6 +412,10 @@ impl Settings {
             if let Err(why) = crate::db::check_url(&db.url) {
                 return invalid(format!("database url: {why}"));
             }
+        }
+        let authority = settings.broker.url.split_once("://").map_or("", |(_, rest)| rest).split('/').next();
+        if authority.is_some_and(|a| a.contains('@')) {
+            return invalid("broker.url must not carry credentials: each service connects as its own user".into());
         }
         Ok(settings)
     }

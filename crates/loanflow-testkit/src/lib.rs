@@ -141,7 +141,12 @@ impl TestSystem {
         let server = pg_server();
         let host = server.split_once('@').map_or(server.as_str(), |(_, host)| host).trim_start_matches("postgres://");
         let db_url = format!("postgres://{host}/{TEST_DATABASE}?sslmode=disable");
-        settings.broker.url = format!("{}/{vhost}", amqp_server());
+        // The services connect as users of this test's own (its id as their prefix),
+        // with the permissions `loanflow migrate` grants in production.
+        settings.broker.url = format!("amqp://{}/{vhost}", broker_host());
+        settings.broker.user_prefix = format!("t{id}_");
+        settings.broker.passwords = loanflow_platform::broker::access::random_passwords();
+        settings.broker.management_url = management_api();
         settings.broker.reconnect_max_ms = 1000;
         for (db, schema) in [
             (&mut settings.intake.database, format!("t{id}_intake")),
@@ -179,6 +184,10 @@ impl TestSystem {
         if let Some(chain) = options.chain {
             settings.chain.levels = chain;
         }
+        // As `loanflow migrate` does, once the settings are final (the retry tiers and
+        // the chain shape the topology).
+        loanflow_platform::broker::access::provision(&settings).await?;
+        declare_topology(&settings).await?;
 
         let stop = CancellationToken::new();
         let bureau = loanflow_bureau::start(settings.clone(), stop.clone()).await?;
@@ -192,7 +201,7 @@ impl TestSystem {
         intake_settings.broker.url = proxied_amqp_url(&settings.broker.url, intake_broker.addr());
         if options.intake_broker_down {
             // Port 1 on loopback: nothing listens there, connections are refused.
-            intake_settings.broker.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+            intake_settings.broker.url = "amqp://127.0.0.1:1/%2f".into();
         }
         let intake = loanflow_intake::start(intake_settings, stop.clone()).await?;
         let base_url = format!("http://{}", intake.addr.context("intake address")?);
@@ -214,23 +223,12 @@ impl TestSystem {
             allow_unsent_outbox: false,
             removed: false,
         };
-        system.declare_topology().await?;
         if options.levels {
             for level in system.settings.chain.levels.clone() {
                 system.start_level(&level).await;
             }
         }
         Ok(system)
-    }
-
-    /// Declares the topology up front so that queue inspections never race the
-    /// services' own declarations.
-    async fn declare_topology(&self) -> anyhow::Result<()> {
-        let conn = self.amqp().await?;
-        let channel = conn.create_channel().await?;
-        Topology::new(&self.settings).declare(&channel).await?;
-        conn.close(200, "bye".into()).await?;
-        Ok(())
     }
 
     /// Starts one more instance of a level (several may run at once).
@@ -277,6 +275,11 @@ impl TestSystem {
             .args(["level", name])
             .env("LOANFLOW_CONFIG_DIR", "/nonexistent")
             .env("LOANFLOW__BROKER__URL", &s.broker.url)
+            .env("LOANFLOW__BROKER__USER_PREFIX", &s.broker.user_prefix)
+            .env(
+                format!("LOANFLOW__BROKER__PASSWORDS__LEVEL_{}", name.to_uppercase()),
+                s.broker.passwords.get(&format!("level_{name}")).map(Secret::expose).unwrap_or_default(),
+            )
             .env("LOANFLOW__BROKER__RECONNECT_MAX_MS", s.broker.reconnect_max_ms.to_string())
             .env("LOANFLOW__CHAIN__LEVELS", s.chain.levels.join(","))
             .env("LOANFLOW__RETRY__MAX_ATTEMPTS", retry.max_attempts.to_string())
@@ -334,8 +337,47 @@ impl TestSystem {
         count_rows(sql).await
     }
 
+    /// A connection of the test harness itself (RabbitMQ's administrator `guest`, which
+    /// no service uses): to inspect queues, tap events, or forge messages.
     pub async fn amqp(&self) -> anyhow::Result<Connection> {
-        Ok(Connection::connect(&self.settings.broker.url, ConnectionProperties::default()).await?)
+        let url = format!("{}/{}", amqp_server(), self.vhost);
+        Ok(Connection::connect(&url, ConnectionProperties::default()).await?)
+    }
+
+    /// Publishes `payload` into one of this test's queues as `service` would: through
+    /// the exchange that feeds the queue, stamped with the service's user, confirmed.
+    pub async fn inject_as(
+        &self,
+        service: &str,
+        queue: &str,
+        payload: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> anyhow::Result<()> {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        let (exchange, routing_key) = match queue.strip_prefix("loanflow.step.") {
+            Some(step) => (loanflow_platform::broker::WORK_EXCHANGE, step),
+            None if queue == loanflow_platform::broker::STATUS_QUEUE => (STATUS_EXCHANGE, ""),
+            None => bail!("no exchange feeds {queue}"),
+        };
+        let conn = self.amqp_as(service).await?;
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let user = self.settings.broker.user_of(service);
+        let properties = properties.with_user_id(user.as_str().into());
+        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let confirm = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
+        let confirmation = confirm.await?;
+        if !confirmation.is_ack() || confirmation.take_message().is_some() {
+            bail!("the broker did not take the message for {queue}");
+        }
+        conn.close(200, "bye".into()).await?;
+        Ok(())
+    }
+
+    /// A connection as one of this test's service users (`"intake"`, `"level_kyc"`,
+    /// `"ledger"`, `"operator"`): to publish as that service would.
+    pub async fn amqp_as(&self, service: &str) -> anyhow::Result<Connection> {
+        Ok(loanflow_platform::broker::connect(&self.settings.broker.acting_as(service)).await?)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -543,7 +585,7 @@ impl TestSystem {
         }
         // The services are stopped, so the vhost is quiet: deleting its quorum queues
         // now avoids the broker bug that hits deletions under traffic (rabbitmq/ra#484).
-        remove(&self.vhost, self.schemas()).await;
+        remove(&self.vhost, &self.settings.broker, self.schemas()).await;
         self.removed = true;
         broken
     }
@@ -570,23 +612,26 @@ impl Drop for TestSystem {
             return;
         }
         self.stop.cancel();
-        let (vhost, schemas) = (self.vhost.clone(), self.schemas());
+        let (vhost, broker, schemas) = (self.vhost.clone(), self.settings.broker.clone(), self.schemas());
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             runtime.block_on(async {
                 // Let the cancelled consumers and relays let go of their queues first.
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                remove(&vhost, schemas).await;
+                remove(&vhost, &broker, schemas).await;
             });
         });
         let _ = cleanup.join();
     }
 }
 
-/// Deletes a test's vhost and drops its schemas.
-async fn remove(vhost: &str, schemas: Vec<String>) {
+/// Deletes a test's vhost and its broker users, and drops its schemas.
+async fn remove(vhost: &str, broker: &loanflow_platform::settings::BrokerSettings, schemas: Vec<String>) {
     if let Err(e) = delete_vhost(vhost).await {
         eprintln!("warning: test vhost {vhost} not deleted: {e:#}");
+    }
+    if let Err(e) = loanflow_platform::broker::access::remove_users(broker).await {
+        eprintln!("warning: the test's broker users were not deleted: {e:#}");
     }
     let url = format!("{}/{TEST_DATABASE}", pg_server());
     let _ = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -729,11 +774,28 @@ fn pg_addr() -> anyhow::Result<std::net::SocketAddr> {
     host_port.to_socket_addrs()?.next().context("database address")
 }
 
-/// `url` with its host and port replaced by the proxy's.
+/// `url` (without credentials) with its host and port replaced by the proxy's.
 fn proxied_amqp_url(url: &str, proxy: std::net::SocketAddr) -> String {
-    let (credentials, rest) = url.trim_start_matches("amqp://").split_once('@').unwrap_or(("guest:guest", url));
+    let rest = url.trim_start_matches("amqp://");
     let vhost = rest.split_once('/').map(|(_, v)| v).unwrap_or("");
-    format!("amqp://{credentials}@{proxy}/{vhost}")
+    format!("amqp://{proxy}/{vhost}")
+}
+
+/// The broker's host and port, without the harness's credentials.
+fn broker_host() -> String {
+    let server = amqp_server();
+    server.rsplit('@').next().unwrap_or(&server).trim_start_matches("amqp://").to_owned()
+}
+
+/// Declares the topology as the setup user, before any service starts (the services
+/// may not declare anything).
+async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
+    let setup = settings.broker.acting_as(loanflow_platform::broker::access::SETUP);
+    let conn = loanflow_platform::broker::connect(&setup).await?;
+    let channel = conn.create_channel().await?;
+    Topology::new(settings).declare(&channel).await?;
+    conn.close(200, "bye".into()).await?;
+    Ok(())
 }
 
 async fn create_vhost(vhost: &str) -> anyhow::Result<()> {

@@ -229,7 +229,21 @@ async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The setup step: the broker's vhost, users, permissions and topology, then every
+/// service's schema. Run before the services start (`make run` does).
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    loanflow_platform::broker::access::provision(settings).await.context("creating the broker's users")?;
+    let setup = settings.broker.acting_as(loanflow_platform::broker::access::SETUP);
+    let conn =
+        loanflow_platform::broker::connect(&setup).await.context("connecting to the broker as the setup user")?;
+    let channel = conn.create_channel().await?;
+    loanflow_platform::broker::Topology::new(settings).declare(&channel).await?;
+    let _ = conn.close(200, "bye".into()).await;
+    loanflow_platform::broker::access::withdraw_administrator(settings).await?;
+    println!(
+        "broker vhost {}: users, permissions and topology declared",
+        loanflow_platform::broker::access::vhost_of(&settings.broker.url)
+    );
     let mut targets = vec![
         (settings.intake.database.clone(), loanflow_intake::SCHEMA),
         (settings.ledger.database.clone(), loanflow_ledger::SCHEMA),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicGetOptions;
 use lapin::BasicProperties;
 use serde_json::Value;
 
@@ -212,22 +212,14 @@ async fn the_same_message_delivered_twice_is_decided_once() {
         wait_until(Duration::from_secs(10), || async { system.queue_depth(&step_queue("kyc")).await == 1 }).await;
     assert!(queued);
 
-    // Copy the message in the kyc queue, byte for byte and with its properties.
+    // Copy the message in the kyc queue, byte for byte and with its properties, as the
+    // intake that sent it (a relay that published it twice).
     let conn = system.amqp().await.unwrap();
     let channel = conn.create_channel().await.unwrap();
     let original =
         channel.basic_get(step_queue("kyc").as_str().into(), BasicGetOptions { no_ack: false }).await.unwrap().unwrap();
     let props: BasicProperties = original.delivery.properties.clone();
-    channel
-        .basic_publish(
-            "".into(),
-            step_queue("kyc").as_str().into(),
-            BasicPublishOptions::default(),
-            &original.delivery.data,
-            props,
-        )
-        .await
-        .unwrap();
+    system.inject_as("intake", &step_queue("kyc"), &original.delivery.data, props).await.unwrap();
     channel.close(200, "bye".into()).await.unwrap(); // the original returns to the queue
     conn.close(200, "bye".into()).await.unwrap();
     assert!(wait_until(Duration::from_secs(5), || async { system.queue_depth(&step_queue("kyc")).await == 2 }).await);
@@ -271,15 +263,12 @@ async fn poison_messages_are_dead_lettered_at_once_and_the_line_moves_on() {
     queues.push(step_queue("ledger"));
     queues.push(STATUS_QUEUE.to_owned());
 
-    let conn = system.amqp().await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
     for queue in &queues {
+        // From a sender the queue accepts, so that it is the message that is refused.
+        let sender = if queue == STATUS_QUEUE || queue == &step_queue("ledger") { "level_manager" } else { "intake" };
         for poison in &poisons {
             let props = BasicProperties::default().with_delivery_mode(2);
-            channel
-                .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), poison, props)
-                .await
-                .unwrap();
+            system.inject_as(sender, queue, poison, props).await.unwrap();
         }
     }
     let expected = (queues.len() * poisons.len()) as u32;
@@ -306,7 +295,6 @@ async fn poison_messages_are_dead_lettered_at_once_and_the_line_moves_on() {
     // The line still moves.
     let reference = system.submit_ok(&application(720)).await;
     system.wait_for_status(&reference, "approved", SETTLE_WITHIN).await;
-    let _ = conn.close(200, "bye".into()).await;
     system.shutdown().await;
 }
 
@@ -387,13 +375,10 @@ async fn a_poison_message_inside_a_batch_dead_letters_alone_while_its_batch_mate
     // Twenty applications and one poison message between them wait in the kyc queue,
     // so that kyc, once started, takes them in batches.
     let mut refs = submit_many(&system, 10).await;
-    let conn = system.amqp().await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let props = BasicProperties::default().with_delivery_mode(2);
     let kyc = step_queue("kyc");
     let poison = b"{\"type\": \"loan.work.v1\", \"not\": \"a work item\"}";
-    channel.basic_publish("".into(), kyc.as_str().into(), BasicPublishOptions::default(), poison, props).await.unwrap();
+    system.inject_as("intake", &kyc, poison, props).await.unwrap();
     refs.extend(submit_many(&system, 10).await);
     let queued = wait_until(Duration::from_secs(10), || async { system.queue_depth(&kyc).await == 21 }).await;
     assert!(queued, "all twenty-one wait in the kyc queue");
@@ -409,6 +394,5 @@ async fn a_poison_message_inside_a_batch_dead_letters_alone_while_its_batch_mate
     assert_eq!(letters.len(), 1, "only the poison message is dead-lettered: {letters:?}");
     assert_eq!(letters[0].origin_queue, kyc);
     assert!(letters[0].reason.starts_with("undecodable message"), "{}", letters[0].reason);
-    let _ = conn.close(200, "bye".into()).await;
     system.shutdown().await;
 }

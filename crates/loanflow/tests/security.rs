@@ -145,7 +145,7 @@ async fn the_ledger_books_only_what_the_chain_approved_whoever_publishes_the_mes
     let reference = system.submit_ok(&big_ticket()).await;
     system.wait_for_status(&reference, "awaiting_approver", Duration::from_secs(30)).await;
 
-    // Work for the ledger, as anyone with broker access could publish it: the waiting
+    // Work for the ledger, as a level could publish it: the waiting
     // big ticket pre-booked as a million at 0 %, and a loan for a reference that
     // exists nowhere at a negative rate.
     let nowhere = Reference::from_random([9; RANDOM_BYTES]);
@@ -153,24 +153,15 @@ async fn the_ledger_books_only_what_the_chain_approved_whoever_publishes_the_mes
         (Reference::parse(&reference).unwrap(), forged_booking(&big_ticket(), offer("1000000", "0", 360, "2777.78"))),
         (nowhere, forged_booking(&application(800), offer("25000", "-0.05", 36, "600.00"))),
     ];
-    let conn = system.amqp().await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    // Confirms, so that each forged message is known to be in the queue before we look.
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    // Sent as a level would send them (the only senders the ledger accepts): even a
+    // compromised level cannot book what the rules do not give.
     for (reference, work) in forged {
         let envelope = Envelope::new(reference.clone(), "forged", Utc::now(), WorkMessage::V1(work));
         let mut headers = FieldTable::default();
         headers.insert(REFERENCE_HEADER.into(), AMQPValue::LongString(reference.as_str().into()));
         let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
-        let queue = step_queue("ledger");
-        channel
-            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &envelope.encode(), props)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        system.inject_as("level_manager", &step_queue("ledger"), &envelope.encode(), props).await.unwrap();
     }
-    conn.close(200, "bye".into()).await.unwrap();
     let refused =
         wait_until(Duration::from_secs(20), || async { system.queue_depth(DEAD_LETTER_QUEUE).await == 2 }).await;
     assert!(refused, "both forged bookings were dead-lettered (found {})", system.queue_depth(DEAD_LETTER_QUEUE).await);
@@ -496,5 +487,87 @@ async fn each_service_serves_as_its_own_role_with_a_password_and_no_more_privile
     let wrong = system.settings.intake.database.runtime_url().replace("loanflow_intake@", "loanflow_intake:wrong@");
     let refused = system.sql_as(wrong, "SELECT 1").await.expect_err("a wrong password is refused");
     assert!(refused.contains("password authentication failed"), "{refused}");
+    system.shutdown().await;
+}
+
+/// An approver's decision for `reference`, as the intake would hand it to the manager.
+fn approver_decision(reference: &str, approver: &str) -> Vec<u8> {
+    use loanflow_domain::messages::ApproverDecision;
+    let decision = ApproverDecision {
+        level: "manager".into(),
+        outcome: Outcome::Approved,
+        reason: "forged".into(),
+        approver: approver.into(),
+        decided_at: Utc::now(),
+    };
+    let reference = Reference::parse(reference).unwrap();
+    Envelope::new(reference, "approval/manager", Utc::now(), WorkMessage::ApprovalV1(decision)).encode()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_from_a_sender_that_may_not_send_them_are_refused() {
+    let mut system = TestSystem::start().await;
+    system.expect_dead_letters();
+    let reference = system.submit_ok(&big_ticket()).await;
+    system.wait_for_status(&reference, "awaiting_approver", Duration::from_secs(30)).await;
+    let manager = step_queue("manager");
+
+    // The broker's administrator (as through the management API) approving the waiting
+    // application: no service sent it, so the manager level refuses it.
+    let conn = system.amqp().await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let body = approver_decision(&reference, "mallory");
+    channel
+        .basic_publish("".into(), manager.as_str().into(), BasicPublishOptions::default(), &body, props.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // A level may send work, but never a person's decision.
+    system.inject_as("level_kyc", &manager, &approver_decision(&reference, "mallory"), props.clone()).await.unwrap();
+    let refused =
+        wait_until(Duration::from_secs(20), || async { system.queue_depth(DEAD_LETTER_QUEUE).await == 2 }).await;
+    assert!(refused, "both were dead-lettered (found {})", system.queue_depth(DEAD_LETTER_QUEUE).await);
+    let letters = loanflow_platform::dlq::list(&system.settings).await.unwrap();
+    let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+    assert!(reasons[0].contains("refused: nobody") && reasons[0].contains(&manager), "{reasons:?}");
+    assert!(reasons[1].contains("may not send an approver's decision"), "{reasons:?}");
+    assert_eq!(system.status(&reference).await["status"], "awaiting_approver", "nothing was decided");
+
+    // The broker itself stops the rest: a service cannot sign as another (the broker
+    // checks `user_id` against the connection's user), and the intake may not route work
+    // to the ledger at all (a topic permission on the work exchange).
+    let kyc = system.amqp_as("level_kyc").await.unwrap();
+    let channel = kyc.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let impersonating = props.clone().with_user_id(system.settings.broker.user_of("intake").as_str().into());
+    let work = loanflow_platform::broker::WORK_EXCHANGE;
+    let sent =
+        channel.basic_publish(work.into(), "manager".into(), BasicPublishOptions::default(), &body, impersonating);
+    let outcome = match sent.await {
+        Ok(confirm) => confirm.await.map(drop),
+        Err(e) => Err(e),
+    };
+    let error = outcome.expect_err("a level signing as the intake is stopped by the broker").to_string();
+    assert!(error.contains("PRECONDITION_FAILED") && error.contains("user_id"), "{error}");
+    let _ = kyc.close(200, "bye".into()).await;
+    let to_ledger = system.inject_as("intake", &step_queue("ledger"), b"{}", props).await;
+    let error = to_ledger.expect_err("the intake may not route work to the ledger").to_string();
+    assert!(error.contains("ACCESS_REFUSED"), "{error}");
+
+    // The approver's decision through the intake still goes through.
+    let approve = system
+        .http
+        .post(system.url(&format!("/api/approvals/{reference}")))
+        .bearer_auth(MANAGER_TOKEN)
+        .json(&json!({"decision": "approve", "reason": "verified income"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approve.status(), 200);
+    let approved = system.wait_for_status(&reference, "approved", Duration::from_secs(30)).await;
+    assert_eq!(approved["decisions"][3]["decided_by"], "approver:grace");
     system.shutdown().await;
 }

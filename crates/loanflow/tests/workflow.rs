@@ -208,7 +208,6 @@ async fn handled_message_ids_are_forgotten_after_the_retention_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_event_carries_the_decisions_so_far_so_a_missed_event_loses_nothing() {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
     use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
 
@@ -227,16 +226,9 @@ async fn a_status_event_carries_the_decisions_so_far_so_a_missed_event_loses_not
         .with_decisions(&[kyc, credit]);
     let envelope =
         Envelope::new(Reference::parse(&reference).unwrap(), "status/4", Utc::now(), StatusMessage::V1(event));
-    let conn = system.amqp().await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let queue = loanflow_platform::broker::STATUS_QUEUE;
     let props = lapin::BasicProperties::default();
-    channel
-        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &envelope.encode(), props)
-        .await
-        .unwrap();
-    conn.close(200, "bye".into()).await.unwrap();
+    system.inject_as("level_credit", queue, &envelope.encode(), props).await.unwrap();
 
     let shown = wait_until(Duration::from_secs(10), || async {
         system.status(&reference).await["decisions"].as_array().map_or(0, Vec::len) == 2

@@ -20,7 +20,7 @@ use crate::settings::BrokerSettings;
 const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 
 pub async fn connect(settings: &BrokerSettings) -> Result<Connection, BrokerError> {
-    Ok(Connection::connect(&settings.url, ConnectionProperties::default()).await?)
+    Ok(Connection::connect(&settings.connection_url(), ConnectionProperties::default()).await?)
 }
 
 /// Exponential backoff with jitter between reconnection attempts.

@@ -27,10 +27,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
 use uuid::Uuid;
 
+use super::access::Senders;
 use super::{
     header_i64, header_string, header_u64, retry_exchange, start_republish, BrokerError, Disposition, Incoming,
-    Publisher, Supervisor, Topology, ABANDON_AFTER, ATTEMPTS_HEADER, CONNECTION_CHECK, DEAD_AT_HEADER,
-    DEAD_LETTER_EXCHANGE, ORIGIN_HEADER, REASON_HEADER, REFERENCE_HEADER, SENT_AT_HEADER,
+    Publisher, Supervisor, ABANDON_AFTER, ATTEMPTS_HEADER, CONNECTION_CHECK, DEAD_AT_HEADER, DEAD_LETTER_EXCHANGE,
+    ORIGIN_HEADER, REASON_HEADER, REFERENCE_HEADER, SENT_AT_HEADER,
 };
 use crate::health::Flag;
 use crate::metrics as names;
@@ -39,8 +40,10 @@ use crate::settings::{RetrySettings, Settings};
 /// The deliveries of one batch, as the handler sees them, in delivery order.
 pub type Batch = Vec<Incoming>;
 
-/// Consumes `queue` until `shutdown`, reconnecting (with backoff) and redeclaring the
-/// topology whenever the connection is lost; `health` says whether it is consuming.
+/// Consumes `queue` until `shutdown`, reconnecting (with backoff) whenever the
+/// connection is lost; `health` says whether it is consuming. Only messages from
+/// `senders` reach the handler: any other is dead-lettered with the reason and logged
+/// as a security event.
 /// The handler gets each batch and answers one [`Disposition`] per item, in order (a
 /// missing answer counts as [`Disposition::Requeue`]). At most
 /// `broker.batch_concurrency` batches are handled at once.
@@ -48,16 +51,21 @@ pub type Batch = Vec<Incoming>;
 /// On shutdown it cancels the consumer first (no new deliveries), lets the batches in
 /// progress finish and settle, then closes the connection: nothing held is lost, and
 /// anything not yet acked is redelivered by the broker.
-pub async fn consume<F, Fut>(settings: Settings, queue: String, health: Flag, shutdown: CancellationToken, handler: F)
-where
+pub async fn consume<F, Fut>(
+    settings: Settings,
+    queue: String,
+    senders: Senders,
+    health: Flag,
+    shutdown: CancellationToken,
+    handler: F,
+) where
     F: Fn(Batch, Publisher) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Vec<Disposition>> + Send + 'static,
 {
     names::install();
-    let topology = Topology::new(&settings);
     let mut supervisor = Supervisor::new(&settings.broker, &queue, &health, &shutdown);
     while let Some(conn) = supervisor.connect().await {
-        let session = Session { settings: &settings, topology: &topology, conn: &conn, queue: &queue, health: &health };
+        let session = Session { settings: &settings, senders: &senders, conn: &conn, queue: &queue, health: &health };
         let ended = session.run(&shutdown, handler.clone()).await;
         if !supervisor.ended(conn, ended).await {
             return;
@@ -68,7 +76,7 @@ where
 /// One connection's worth of consuming.
 struct Session<'a> {
     settings: &'a Settings,
-    topology: &'a Topology,
+    senders: &'a Senders,
     conn: &'a Connection,
     queue: &'a str,
     health: &'a Flag,
@@ -79,6 +87,7 @@ struct Settler {
     queue: String,
     retry: RetrySettings,
     publisher: Publisher,
+    senders: Senders,
     /// Held while advancing and sending the ack, so that multiple-acks leave in tag
     /// order (an ack for a tag a later ack already covered would close the channel).
     watermark: Mutex<Watermark>,
@@ -95,8 +104,7 @@ impl Session<'_> {
         let queue = self.queue;
         let broker = &self.settings.broker;
         let channel = self.conn.create_channel().await?;
-        self.topology.declare(&channel).await?;
-        let publisher = Publisher::open(self.conn).await?;
+        let publisher = Publisher::open(self.conn, broker.user()).await?;
         channel.basic_qos(broker.prefetch, BasicQosOptions::default()).await?;
         let tag = format!("{queue}.{}", Uuid::new_v4().simple());
         // no_ack = false (the default): a delivery is ours until we ack it.
@@ -111,6 +119,7 @@ impl Session<'_> {
             queue: queue.to_owned(),
             retry: self.settings.retry.clone(),
             publisher: publisher.clone(),
+            senders: self.senders.clone(),
             watermark: Mutex::new(Watermark::default()),
         });
         let slots = Arc::new(Semaphore::new(usize::from(broker.batch_concurrency.max(1))));
@@ -195,10 +204,15 @@ impl Settler {
         Fut: Future<Output = Vec<Disposition>>,
     {
         let max_attempts = self.retry.max_attempts;
+        let sender = |d: &Delivery| d.properties.user_id().as_ref().map(|u| u.to_string());
+        let accepted: Vec<bool> = deliveries.iter().map(|d| self.senders.allows(sender(d).as_deref())).collect();
         let incoming: Batch = deliveries
             .iter()
-            .map(|d| Incoming {
+            .zip(&accepted)
+            .filter(|(_, accepted)| **accepted)
+            .map(|(d, _)| Incoming {
                 data: d.data.clone(),
+                sender: sender(d),
                 reference: header_string(&d.properties, REFERENCE_HEADER),
                 redelivered: d.redelivered,
                 attempts: attempts(d),
@@ -216,15 +230,27 @@ impl Settler {
             }
         }
         let started = std::time::Instant::now();
-        let mut dispositions = handler(incoming, self.publisher.clone()).instrument(span.clone()).await.into_iter();
+        let mut dispositions = if incoming.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            handler(incoming, self.publisher.clone()).instrument(span.clone()).await.into_iter()
+        };
         ::metrics::histogram!(names::HANDLING, "queue" => queue.clone()).record(started.elapsed().as_secs_f64());
 
         // Hand-offs first, all of them, then one wait for their confirms.
         let mut handoffs = Vec::new();
-        for delivery in &deliveries {
-            let disposition = dispositions.next().unwrap_or(Disposition::Requeue);
+        for (delivery, accepted) in deliveries.iter().zip(accepted) {
             let reference = header_string(&delivery.properties, REFERENCE_HEADER);
             let item = info_span!(parent: &span, "delivery", reference = reference.as_deref().unwrap_or("-"));
+            let disposition = if accepted {
+                dispositions.next().unwrap_or(Disposition::Requeue)
+            } else {
+                let sender = sender(delivery).unwrap_or_else(|| "nobody (no user_id)".into());
+                item.in_scope(|| {
+                    tracing::warn!(security_event = "message_refused", %sender, queue = %self.queue, "message from a sender that may not send it");
+                });
+                Disposition::DeadLetter(format!("refused: {sender} may not send to {}", self.queue))
+            };
             handoffs.push(self.hand_off(delivery, disposition).instrument(item));
         }
         let settled = join_all(handoffs).await;

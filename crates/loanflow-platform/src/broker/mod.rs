@@ -2,7 +2,7 @@
 //! confirmed publishing ([`publisher`]), and supervised batch consumers ([`consumer`],
 //! acknowledging up to a [`watermark`]).
 //!
-//! Work travels through the `loanflow.work` direct exchange, routed by step name to a
+//! Work travels through the `loanflow.work` topic exchange, routed by step name to a
 //! durable queue per step (`loanflow.step.<name>`). Status events go through the
 //! `loanflow.status` fanout exchange to the intake's projection queue. Anything a
 //! consumer cannot process goes, with the reason in its headers, to `loanflow.dead`
@@ -15,15 +15,16 @@
 //! exchange, which routes by that key: the message returns to exactly the queue that
 //! failed it (for the status queue, not to every subscriber of the fanout).
 //!
-//! Every service declares the whole topology on start (declarations are idempotent),
-//! so the order in which services start does not matter and no message published
-//! with `mandatory` is ever unroutable because its queue was not created yet.
+//! The topology is declared once, by the setup step (`loanflow migrate`, as the one user
+//! with configure rights); services only publish and consume (see [`access`]). A
+//! service started before it retries with backoff until the queues exist.
 
 use std::time::Duration;
 
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 
+pub mod access;
 mod connection;
 mod consumer;
 mod publisher;
@@ -98,6 +99,8 @@ pub enum BrokerError {
 #[derive(Debug)]
 pub struct Incoming {
     pub data: Vec<u8>,
+    /// The broker user that published it (`user_id`, which the broker verifies).
+    pub sender: Option<String>,
     /// The reference header, when present: for logs only, never trusted over the body.
     pub reference: Option<String>,
     pub redelivered: bool,

@@ -27,15 +27,20 @@ pub struct Outgoing<'a> {
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    /// Stamped on every message as `user_id`: the connection's own user, which the
+    /// broker verifies, so consumers can tell who sent what.
+    user_id: Option<String>,
 }
 
 impl Publisher {
-    pub async fn open(conn: &Connection) -> Result<Publisher, BrokerError> {
+    /// A confirming channel on `conn`, which is connected as `user_id` (a service's
+    /// broker user; `None` for a client that acts as no service).
+    pub async fn open(conn: &Connection, user_id: Option<String>) -> Result<Publisher, BrokerError> {
         crate::metrics::install();
         let channel = conn.create_channel().await?;
         // Without confirms lapin answers `NotRequested`, which proves nothing.
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { channel })
+        Ok(Publisher { channel, user_id })
     }
 
     /// Closes the channel, waiting for the broker's answer. Errors are ignored: a
@@ -61,12 +66,15 @@ impl Publisher {
         headers.insert(REFERENCE_HEADER.into(), AMQPValue::LongString(out.reference.into()));
         // When it left, so that its consumer can measure how long it waited in the queue.
         headers.insert(SENT_AT_HEADER.into(), AMQPValue::LongLongInt(chrono::Utc::now().timestamp_micros()));
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             // 2 = persistent: written to disk, survives a broker restart.
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(out.message_id.to_string().into())
             .with_headers(headers);
+        if let Some(user) = &self.user_id {
+            properties = properties.with_user_id(user.as_str().into());
+        }
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let confirm = self
             .channel

@@ -51,7 +51,9 @@ impl Topology {
         let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
         let durable_queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         let empty = FieldTable::default;
-        channel.exchange_declare(WORK_EXCHANGE.into(), ExchangeKind::Direct, durable_exchange, empty()).await?;
+        // Topic, not direct, although bindings are exact step names: RabbitMQ applies
+        // topic permissions (who may route work where) to topic exchanges only.
+        channel.exchange_declare(WORK_EXCHANGE.into(), ExchangeKind::Topic, durable_exchange, empty()).await?;
         channel.exchange_declare(STATUS_EXCHANGE.into(), ExchangeKind::Fanout, durable_exchange, empty()).await?;
         channel.exchange_declare(DEAD_LETTER_EXCHANGE.into(), ExchangeKind::Fanout, durable_exchange, empty()).await?;
 

@@ -2,7 +2,7 @@
 # Makes sure what loanflow needs on this machine is there and running:
 # PostgreSQL and RabbitMQ (started if installed, installed with apt-get where we can),
 # the RabbitMQ management plugin (tests create a vhost each through it), the libpq
-# headers the build links against, and the databases. Where it cannot act, it prints
+# and OpenSSL headers the build links against, and the databases. Where it cannot act, it prints
 # the exact command to run, and fails.
 set -euo pipefail
 
@@ -35,6 +35,10 @@ wait_port() { # host port seconds what
 # --- build dependency: libpq (diesel links it)
 if ! pkg-config --exists libpq 2>/dev/null && [ ! -e /usr/include/postgresql/libpq-fe.h ]; then
   apt_install libpq-dev pkg-config
+fi
+# --- build dependency: OpenSSL (TLS to the broker, `amqps://`)
+if ! pkg-config --exists openssl 2>/dev/null; then
+  apt_install libssl-dev pkg-config
 fi
 
 # --- PostgreSQL

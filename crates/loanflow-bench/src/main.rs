@@ -325,6 +325,7 @@ async fn broker_ceiling(amqp: &str, count: usize, payload_size: usize) -> anyhow
                             message_id: uuid::Uuid::new_v4(),
                             payload: &delivery.data,
                             headers: FieldTable::default(),
+                            expiration_ms: None,
                         };
                         if publisher.publish(out).await.is_err() {
                             return;
@@ -352,6 +353,7 @@ async fn broker_ceiling(amqp: &str, count: usize, payload_size: usize) -> anyhow
                     message_id: uuid::Uuid::new_v4(),
                     payload,
                     headers: FieldTable::default(),
+                    expiration_ms: None,
                 };
                 let _ = publisher.publish(out).await;
             }

@@ -129,6 +129,26 @@ pub struct Application {
     pub purpose: Purpose,
 }
 
+/// Why a request body is no JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is not valid JSON")]
+    NotJson,
+    #[error("the body must be a JSON object")]
+    NotAnObject,
+}
+
+/// Reads an untrusted request body as a JSON object: the first step of every JSON
+/// endpoint (serde_json bounds the nesting depth, so no input exhausts the stack).
+pub fn read_object(body: &[u8]) -> Result<Value, BodyError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| BodyError::NotJson)?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(BodyError::NotAnObject)
+    }
+}
+
 impl Application {
     /// Validates an untrusted JSON body. `today` is the submission date (UTC), against
     /// which a date of birth must lie in the past.

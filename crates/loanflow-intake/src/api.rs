@@ -159,11 +159,10 @@ pub(crate) async fn read_json_object(req: &HttpRequest, payload: web::Payload) -
     let body = tokio::time::timeout(timeout, read_limited(req, payload, MAX_BODY_BYTES))
         .await
         .map_err(|_| ApiError::RequestTimeout)??;
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| ApiError::InvalidJson)?;
-    if !value.is_object() {
-        return Err(ApiError::NotAnObject);
-    }
-    Ok(value)
+    loanflow_domain::application::read_object(&body).map_err(|e| match e {
+        loanflow_domain::application::BodyError::NotJson => ApiError::InvalidJson,
+        loanflow_domain::application::BodyError::NotAnObject => ApiError::NotAnObject,
+    })
 }
 
 /// Validates an application and starts its work item: what both the chain and the

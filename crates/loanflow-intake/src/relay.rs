@@ -87,6 +87,7 @@ async fn drain_once(pool: &PgPool, publisher: &Publisher, batch: i64) -> Result<
                 message_id: row.message_id,
                 payload: &row.payload,
                 headers: Default::default(),
+                expiration_ms: None,
             })
             .await;
         match started {

@@ -8,6 +8,10 @@
 //! replayed to its origin, or put back as a fresh copy at the end of the queue (same
 //! body and headers, confirmed by the broker before the original is acked). The order
 //! of the letters is kept; a crash in between can leave a letter twice, never lose it.
+//!
+//! Dead letters carry personal data, so they are kept for `retention.dead_letter_seconds`
+//! only: the setup step puts a message TTL on the queue (a broker policy), and each copy
+//! a listing puts back expires when its original would have, so listing never extends it.
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
@@ -79,9 +83,18 @@ where
 {
     let (conn, channel, publisher) = open(settings).await?;
     let now = chrono::Utc::now().timestamp();
+    let retention_ms = settings.retention.dead_letter_seconds.saturating_mul(1000);
     let mut letters = Vec::new();
     for delivery in drain(&channel).await? {
         let letter = describe(&delivery, now);
+        // Its retention runs from when it died, however often it is listed.
+        let age_ms = letter.age_seconds.map_or(0, |s| u64::try_from(s).unwrap_or(0).saturating_mul(1000));
+        let remaining_ms = retention_ms.saturating_sub(age_ms);
+        if remaining_ms == 0 {
+            delivery.ack(BasicAckOptions::default()).await?;
+            tracing::info!(reference = %letter.reference, "dead letter past its retention, removed");
+            continue;
+        }
         let replay = matches!(decide(&letter), Settle::Replay) && letter.origin_queue != "-";
         if replay {
             // Through the default exchange, straight to the origin queue; without the
@@ -89,13 +102,18 @@ where
             let mut headers = FieldTable::default();
             headers.insert("x-loanflow-replayed".into(), AMQPValue::Boolean(true));
             let origin = letter.origin_queue.as_str();
-            broker::republish(&publisher, &delivery.properties, &delivery.data, "", origin, headers).await?;
+            broker::republish(&publisher, &delivery.properties, &delivery.data, ("", origin), headers, None).await?;
             tracing::info!(reference = %letter.reference, queue = %letter.origin_queue, "dead letter replayed");
         } else {
-            // Back at the end of the queue, everything it carried kept.
-            let headers = delivery.properties.headers().clone().unwrap_or_default();
-            let queue = DEAD_LETTER_QUEUE;
-            broker::republish(&publisher, &delivery.properties, &delivery.data, "", queue, headers).await?;
+            // Back at the end of the queue, everything it carried kept, expiring when the
+            // original would have (the broker dead-lettered it without our timestamp:
+            // from now).
+            let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+            if letter.age_seconds.is_none() {
+                headers.insert(DEAD_AT_HEADER.into(), AMQPValue::LongLongInt(now));
+            }
+            let (props, data, into) = (&delivery.properties, &delivery.data, ("", DEAD_LETTER_QUEUE));
+            broker::republish(&publisher, props, data, into, headers, Some(remaining_ms)).await?;
         }
         delivery.ack(BasicAckOptions::default()).await?;
         letters.push(letter);

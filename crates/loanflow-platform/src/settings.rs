@@ -336,6 +336,9 @@ pub struct RetentionSettings {
     /// (derived message ids, the ledger's primary key, the projection's sequence
     /// numbers), so this bounds the inbox tables, not correctness.
     pub inbox_days: u32,
+    /// How long a dead letter (which holds the application, personal data included) is
+    /// kept for an operator to look at and replay; after that the broker drops it.
+    pub dead_letter_seconds: u64,
     /// How often the sweep runs (it also runs once at start).
     pub sweep_minutes: u64,
 }

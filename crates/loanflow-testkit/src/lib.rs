@@ -77,6 +77,8 @@ pub struct Options {
     /// (5 submissions a second, 3 failed sign-ins a minute, 500 ms for a body). Off
     /// by default: every test submits from one address.
     pub limits: bool,
+    /// How long dead letters are kept (the default's 14 days unless set).
+    pub dead_letter_seconds: Option<u64>,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             chain: None,
             retry: RetrySettings { max_attempts: 10, initial_ms: 100, max_ms: 1000 },
             limits: false,
+            dead_letter_seconds: None,
         }
     }
 }
@@ -183,6 +186,9 @@ impl TestSystem {
         ];
         if let Some(chain) = options.chain {
             settings.chain.levels = chain;
+        }
+        if let Some(seconds) = options.dead_letter_seconds {
+            settings.retention.dead_letter_seconds = seconds;
         }
         // As `loanflow migrate` does, once the settings are final (the retry tiers and
         // the chain shape the topology).

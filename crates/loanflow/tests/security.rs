@@ -571,3 +571,37 @@ async fn messages_from_a_sender_that_may_not_send_them_are_refused() {
     assert_eq!(approved["decisions"][3]["decided_by"], "approver:grace");
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_kept_no_longer_than_their_retention_however_often_they_are_listed() {
+    let options = loanflow_testkit::Options { dead_letter_seconds: Some(4), ..Default::default() };
+    let mut system = TestSystem::start_with(options).await;
+    system.expect_dead_letters();
+    let props = BasicProperties::default().with_delivery_mode(2);
+    system.inject_as("intake", &step_queue("kyc"), b"not a message", props).await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || async { system.queue_depth(DEAD_LETTER_QUEUE).await == 1 }).await);
+    let died = std::time::Instant::now();
+
+    // Listed again and again, it is still there within its retention: a listing puts
+    // back a copy, which must not restart the clock.
+    let mut listed = 0;
+    while died.elapsed() < Duration::from_secs(2) {
+        assert_eq!(loanflow_platform::dlq::list(&system.settings).await.unwrap().len(), 1, "kept within retention");
+        listed += 1;
+    }
+    assert!(listed > 1);
+    let gone = wait_until(Duration::from_secs(12), || async {
+        loanflow_platform::dlq::list(&system.settings).await.unwrap().is_empty()
+    })
+    .await;
+    assert!(gone, "the dead letter is gone once its retention passed, although it was listed {listed} times");
+    assert!(died.elapsed() < Duration::from_secs(12), "gone about 4 s after it died, not 4 s after the last listing");
+    // A letter that nobody lists goes too (the broker's own TTL, set by the setup step).
+    let props = BasicProperties::default().with_delivery_mode(2);
+    system.inject_as("intake", &step_queue("kyc"), b"not a message either", props).await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || async { system.queue_depth(DEAD_LETTER_QUEUE).await == 1 }).await);
+    let dropped =
+        wait_until(Duration::from_secs(15), || async { system.queue_depth(DEAD_LETTER_QUEUE).await == 0 }).await;
+    assert!(dropped, "the broker drops an unlisted dead letter after the retention");
+    system.shutdown().await;
+}

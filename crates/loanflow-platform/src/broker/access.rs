@@ -21,7 +21,7 @@ use serde_json::json;
 use loanflow_domain::messages::LEDGER_STEP;
 use loanflow_domain::rules::LevelKind;
 
-use super::WORK_EXCHANGE;
+use super::{DEAD_LETTER_QUEUE, WORK_EXCHANGE};
 use crate::settings::{BrokerSettings, Settings};
 
 /// The setup step's identity: it alone may declare (configure) the topology.
@@ -193,6 +193,16 @@ pub async fn provision(settings: &Settings) -> Result<(), ProvisionError> {
             json!({"exchange": WORK_EXCHANGE, "write": grant.work_routing_keys, "read": grant.work_binding_keys});
         api.put(&format!("topic-permissions/{encoded}/{user}"), topic).await?;
     }
+    // Dead letters hold personal data: the broker drops them after the retention. A
+    // policy, not a queue argument, so that changing it needs no redeclaration.
+    let ttl_ms = settings.retention.dead_letter_seconds.saturating_mul(1000);
+    let retention = json!({
+        "pattern": format!("^{}$", DEAD_LETTER_QUEUE.replace('.', "\\.")),
+        "apply-to": "queues",
+        "priority": 1,
+        "definition": {"message-ttl": ttl_ms},
+    });
+    api.put(&format!("policies/{encoded}/loanflow-dead-letter-retention"), retention).await?;
     Ok(())
 }
 

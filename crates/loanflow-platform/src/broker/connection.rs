@@ -133,6 +133,28 @@ impl<'a> Supervisor<'a> {
 mod tests {
     use super::*;
 
+    /// `amqps://` is switched on by the URL alone: the client speaks TLS (here to a
+    /// server that does not, so the handshake fails) instead of refusing the scheme.
+    #[tokio::test]
+    async fn an_amqps_url_connects_over_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut hello = [0u8; 3];
+            socket.read_exact(&mut hello).await.unwrap();
+            let _ = socket.write_all(b"AMQP\x00\x00\x09\x01").await;
+            hello
+        });
+        let mut settings = crate::Settings::defaults().unwrap().broker;
+        settings.url = format!("amqps://127.0.0.1:{port}/loanflow");
+        assert!(connect(&settings).await.is_err(), "no TLS server, no connection");
+        let hello = server.await.unwrap();
+        // A TLS record: handshake (22), protocol version 3.x.
+        assert_eq!(&hello[..2], &[22, 3], "the client opened with a TLS handshake, not AMQP's header");
+    }
+
     fn settings(initial_ms: u64, max_ms: u64) -> BrokerSettings {
         let mut s = crate::Settings::defaults().expect("defaults").broker;
         s.reconnect_initial_ms = initial_ms;

@@ -326,7 +326,7 @@ impl Settler {
         routing_key: &str,
         headers: FieldTable,
     ) -> Result<(), BrokerError> {
-        start_republish(&self.publisher, &delivery.properties, &delivery.data, exchange, routing_key, headers)
+        start_republish(&self.publisher, &delivery.properties, &delivery.data, (exchange, routing_key), headers, None)
             .await?
             .await
     }

@@ -21,6 +21,8 @@ pub struct Outgoing<'a> {
     pub message_id: Uuid,
     pub payload: &'a [u8],
     pub headers: FieldTable,
+    /// Per-message time to live, if the message may expire (a dead letter's copy).
+    pub expiration_ms: Option<u64>,
 }
 
 /// A channel in confirm mode. A publish counts only when the broker has confirmed it.
@@ -75,6 +77,9 @@ impl Publisher {
         if let Some(user) = &self.user_id {
             properties = properties.with_user_id(user.as_str().into());
         }
+        if let Some(ms) = out.expiration_ms {
+            properties = properties.with_expiration(ms.to_string().into());
+        }
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let confirm = self
             .channel
@@ -102,11 +107,11 @@ pub(crate) async fn republish(
     publisher: &Publisher,
     properties: &BasicProperties,
     payload: &[u8],
-    exchange: &str,
-    routing_key: &str,
+    (exchange, routing_key): (&str, &str),
     headers: FieldTable,
+    expiration_ms: Option<u64>,
 ) -> Result<(), BrokerError> {
-    start_republish(publisher, properties, payload, exchange, routing_key, headers).await?.await
+    start_republish(publisher, properties, payload, (exchange, routing_key), headers, expiration_ms).await?.await
 }
 
 /// Starts a [`republish`] and returns the wait for its confirm.
@@ -114,14 +119,15 @@ pub(crate) async fn start_republish(
     publisher: &Publisher,
     properties: &BasicProperties,
     payload: &[u8],
-    exchange: &str,
-    routing_key: &str,
+    (exchange, routing_key): (&str, &str),
     headers: FieldTable,
+    expiration_ms: Option<u64>,
 ) -> Result<impl Future<Output = Result<(), BrokerError>> + Send + 'static, BrokerError> {
     let reference = header_string(properties, REFERENCE_HEADER).unwrap_or_default();
     let message_id =
         properties.message_id().as_ref().and_then(|id| Uuid::parse_str(id.as_str()).ok()).unwrap_or_else(Uuid::new_v4);
-    publisher.start(Outgoing { exchange, routing_key, reference: &reference, message_id, payload, headers }).await
+    let out = Outgoing { exchange, routing_key, reference: &reference, message_id, payload, headers, expiration_ms };
+    publisher.start(out).await
 }
 
 /// The wait for one publish's confirm.
@@ -167,6 +173,7 @@ where
             message_id: envelope.message_id,
             payload: &envelope.encode(),
             headers: FieldTable::default(),
+            expiration_ms: None,
         })
         .await?;
     Ok(Box::pin(confirm))

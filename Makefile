@@ -6,7 +6,7 @@ BIN := target/release/loanflow
 # The broker users' passwords, made by deploy/prepare.sh outside the repository.
 CREDENTIALS ?= $(HOME)/.config/loanflow/broker.env
 
-.PHONY: run test prepare build migrate lint fmt schema schema-check screenshots simulate bench
+.PHONY: run test prepare build migrate lint fmt schema schema-check screenshots simulate bench fuzz
 
 ## run: prepare the machine, migrate, start every service (Ctrl-C stops them all)
 run: export LOANFLOW_SKIP_BROWSER = 1
@@ -38,6 +38,10 @@ fmt:
 ## bench: the benchmark (release build, own vhost and schemas); appends to docs/bench-results.md
 bench:
 	deploy/bench.sh
+
+## fuzz: every fuzz target for RUNS executions (default 10 million); outside `make test`
+fuzz:
+	deploy/fuzz.sh
 
 ## simulate: rehearse a scenario against the system `make run` started (SCENARIO=smoke)
 SCENARIO ?= smoke

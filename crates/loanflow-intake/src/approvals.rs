@@ -10,10 +10,11 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use loanflow_domain::application::{Currency, EmploymentStatus, Purpose};
 use loanflow_domain::messages::{ApproverDecision, Envelope, WorkMessage};
-use loanflow_domain::{Outcome, Reference, Status};
+use loanflow_domain::{Application, Decision, Money, Outcome, Reference, Status};
 use loanflow_platform::broker::WORK_EXCHANGE;
-use loanflow_platform::db::blocking;
+use loanflow_platform::db::{blocking, DbError};
 use loanflow_platform::settings::ApproverSettings;
 
 use crate::api::{read_json_object, AppState};
@@ -68,43 +69,47 @@ struct LevelQuery {
     level: Option<String>,
 }
 
-/// One application in an approver's inbox.
+/// One application in an approver's inbox: the API's item and the inbox page's view.
 #[derive(Debug, Serialize)]
 pub struct InboxItem {
     pub reference: String,
     pub level: String,
-    pub amount: Value,
-    pub currency: Value,
-    pub term_months: Value,
-    pub purpose: Value,
-    pub applicant_name: Value,
-    pub annual_income: Value,
-    pub monthly_debts: Value,
-    pub employment_status: Value,
+    pub amount: Money,
+    pub currency: Currency,
+    pub term_months: u16,
+    pub purpose: Purpose,
+    pub applicant_name: String,
+    pub annual_income: Money,
+    pub monthly_debts: Money,
+    pub employment_status: EmploymentStatus,
     pub score: Option<i32>,
     pub waiting_since: String,
-    pub decisions: Vec<Value>,
+    pub decisions: Vec<Decision>,
 }
 
-impl From<Waiting> for InboxItem {
-    fn from(w: Waiting) -> Self {
-        let a = &w.application;
-        let applicant = &a["applicant"];
-        InboxItem {
+impl TryFrom<Waiting> for InboxItem {
+    type Error = DbError;
+
+    /// The stored application was validated when it was submitted; one that no longer
+    /// reads is corrupt, not something to show half of.
+    fn try_from(w: Waiting) -> Result<Self, DbError> {
+        let a: Application = serde_json::from_value(w.application)
+            .map_err(|e| DbError::Corrupt(format!("stored application {}: {e}", w.reference)))?;
+        Ok(InboxItem {
             reference: w.reference,
             level: w.level,
-            amount: a["amount"].clone(),
-            currency: a["currency"].clone(),
-            term_months: a["term_months"].clone(),
-            purpose: a["purpose"].clone(),
-            applicant_name: applicant["full_name"].clone(),
-            annual_income: applicant["annual_income"].clone(),
-            monthly_debts: applicant["monthly_debts"].clone(),
-            employment_status: applicant["employment_status"].clone(),
+            amount: a.amount,
+            currency: a.currency,
+            term_months: a.term_months,
+            purpose: a.purpose,
+            applicant_name: a.applicant.full_name,
+            annual_income: a.applicant.annual_income,
+            monthly_debts: a.applicant.monthly_debts,
+            employment_status: a.applicant.employment_status,
             score: w.score,
             waiting_since: crate::api::timestamp(w.waiting_since),
-            decisions: w.decisions.iter().filter_map(|d| serde_json::to_value(d).ok()).collect(),
-        }
+            decisions: w.decisions,
+        })
     }
 }
 
@@ -120,7 +125,8 @@ pub fn levels_for(approver: &Approver, asked: Option<&str>) -> Result<Vec<String
 
 pub async fn inbox(state: &AppState, levels: Vec<String>) -> Result<Vec<InboxItem>, ApiError> {
     let waiting = blocking(&state.pool, move |conn| store::waiting_at(conn, &levels)).await?;
-    Ok(waiting.into_iter().map(InboxItem::from).collect())
+    let items: Result<Vec<InboxItem>, DbError> = waiting.into_iter().map(InboxItem::try_from).collect();
+    Ok(items?)
 }
 
 #[tracing::instrument(name = "approvals.list", skip_all)]

@@ -38,7 +38,8 @@
   }
 
   // Browser-side checks on the application form, before a round trip. The server
-  // checks everything again.
+  // checks everything again. Each field has one message slot: while it shows a
+  // message, the field's hint is hidden and the field is described by the message alone.
   var form = document.getElementById("application-form");
   if (form) {
     form.setAttribute("novalidate", "");
@@ -47,11 +48,16 @@
       form.querySelectorAll("input, select").forEach(function (input) {
         var slot = document.getElementById(input.id + "-error");
         if (!slot) { return; }
+        var hint = document.getElementById(input.id + "-hint");
+        var v = input.validity;
         var message = "";
-        if (input.validity.valueMissing) { message = "This field is required."; }
-        else if (input.validity.patternMismatch || input.validity.typeMismatch) { message = input.getAttribute("data-format") || "Please check the format."; }
-        else if (input.validity.rangeUnderflow || input.validity.rangeOverflow) { message = input.getAttribute("data-format") || "Out of range."; }
-        slot.textContent = message;
+        if (v.valueMissing) { message = input.getAttribute("data-missing"); }
+        else if (v.patternMismatch || v.typeMismatch || v.badInput || v.rangeUnderflow || v.rangeOverflow || v.stepMismatch) {
+          message = input.getAttribute("data-malformed");
+        }
+        slot.textContent = message || "";
+        if (hint) { hint.hidden = !!message; }
+        input.setAttribute("aria-describedby", message || !hint ? slot.id : hint.id + " " + slot.id);
         input.setAttribute("aria-invalid", message ? "true" : "false");
         if (message && !first) { first = input; }
       });

@@ -73,24 +73,59 @@ test("apply through the form, then watch the status page reach approved without 
   await page.close();
 });
 
-test("invalid values show each field's message and keep what was typed", async () => {
+/// What a field says under it: its one message, what describes it, whether its hint shows.
+async function fieldState(page, label, id) {
+  const input = page.getByLabel(label, { exact: true });
+  const described = (await input.getAttribute("aria-describedby")) ?? "";
+  const error = (await page.locator(`#${id}-error`).textContent()).trim();
+  const hint = page.locator(`#${id}-hint`);
+  const hintShown = (await hint.count()) > 0 && (await hint.isVisible());
+  return { error, described, hintShown, invalid: await input.getAttribute("aria-invalid") };
+}
+
+test("each kind of mistake gets its own message, once, tied to its field", async () => {
   const page = await browser.newPage();
   await page.goto(BASE + "/");
-  // Caught in the browser: an email without @.
-  await fillApplication(page, { "Email": "ada" });
+  // Caught in the browser: a malformed email, a missing name, a term out of range, an
+  // income with letters.
+  await fillApplication(page, { "Email": "ada", "Full name": "", "Term (months)": "400", "Annual income (USD)": "85k" });
   await page.getByRole("button", { name: "Submit application" }).click();
-  assert.match(await page.locator("#applicant-email-error").textContent(), /\S/);
-  assert.equal(await page.getByLabel("Email", { exact: true }).getAttribute("aria-invalid"), "true");
   assert.equal(new URL(page.url()).pathname, "/", "nothing was sent");
+  const browserSide = {
+    "applicant-email": ["Email", "Enter an email address such as name@example.com: this one is not complete."],
+    "applicant-full_name": ["Full name", "Enter your full name, as on your identity document."],
+    "term_months": ["Term (months)", "Enter a whole number of months from 6 to 360."],
+    "applicant-annual_income": ["Annual income (USD)", "Enter the income in digits, optionally with a point and two decimals, such as 85000 or 85000.00."],
+  };
+  for (const [id, [label, wording]] of Object.entries(browserSide)) {
+    const state = await fieldState(page, label, id);
+    assert.equal(state.error, wording, label);
+    assert.equal(state.described, `${id}-error`, `${label} is described by its message alone`);
+    assert.equal(state.hintShown, false, `${label}'s hint gives way to the message`);
+    assert.equal(state.invalid, "true", label);
+  }
+  // A field that is fine keeps its hint and no message.
+  const fine = await fieldState(page, "National ID", "applicant-national_id");
+  assert.deepEqual(fine, { error: "", described: "applicant-national_id-hint applicant-national_id-error", hintShown: true, invalid: "false" });
 
   // Caught by the server: an amount below the minimum and a birth date in the future.
   await fillApplication(page, { "Loan amount (USD)": "400", "Date of birth": "2999-01-01" });
   await page.getByRole("button", { name: "Submit application" }).click();
   await page.locator("#amount-error").filter({ hasText: "500" }).waitFor();
-  assert.match(await page.locator("#applicant-date_of_birth-error").textContent(), /past/);
+  const amount = await fieldState(page, "Loan amount (USD)", "amount");
+  assert.equal(amount.error, "The loan amount must be from 500.00 to 1000000.00.");
+  assert.equal(amount.described, "amount-error");
+  assert.equal(amount.hintShown, false, "the limits are not printed a second time");
+  const birth = await fieldState(page, "Date of birth", "applicant-date_of_birth");
+  assert.equal(birth.error, "Your date of birth must be in the past.");
+  assert.equal(birth.hintShown, false);
   assert.equal(await page.getByLabel("Loan amount (USD)", { exact: true }).inputValue(), "400", "kept what was typed");
   assert.equal(await page.getByLabel("Full name", { exact: true }).inputValue(), "Ada Lovelace");
   assert.match(await page.locator("#form-errors").textContent(), /2 highlighted/);
+  // Every message on the page appears once.
+  const messages = await page.locator("span.error").allTextContents();
+  const shown = messages.map((m) => m.trim()).filter(Boolean);
+  assert.equal(new Set(shown).size, shown.length, `no message twice: ${shown}`);
   await page.screenshot({ path: `${SHOTS}/form-errors.png`, fullPage: true });
   await page.close();
 });

@@ -1,0 +1,127 @@
+//! The approver inbox: what waits at the signed-in approver's levels, oldest first,
+//! with what a decision needs, and a form per application to approve or reject with a
+//! reason. The decision goes the same way as the API's.
+
+use std::collections::HashMap;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use maud::{html, Markup};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde_json::json;
+
+use super::sign_in::{self, signed_in};
+use super::{page, step_title, words};
+use crate::api::AppState;
+use crate::approvals::{self, InboxItem};
+use crate::error::ApiError;
+
+fn item(item: &InboxItem, csrf: &str) -> Markup {
+    let r = item.reference.as_str();
+    let title_id = format!("title-{r}");
+    let reason_id = format!("reason-{r}");
+    html! {
+        article.card aria-labelledby=(title_id) data-reference=(r) {
+            h2 #(title_id) { span.reference { (r) } }
+            dl.facts {
+                dt { "Applicant" } dd { (item.applicant_name) }
+                dt { "Amount" } dd { (item.currency.code()) " " (item.amount) }
+                dt { "Term" } dd { (item.term_months) " months" }
+                dt { "Purpose" } dd { (words(&item.purpose)) }
+                dt { "Annual income" } dd { (item.annual_income) }
+                dt { "Monthly debts" } dd { (item.monthly_debts) }
+                dt { "Employment" } dd { (words(&item.employment_status)) }
+                dt { "Credit score" } dd { (item.score.map_or_else(|| "—".to_owned(), |s| s.to_string())) }
+                dt { "Waiting since" } dd { (item.waiting_since) }
+            }
+            h3 { "Earlier decisions" }
+            ul {
+                @for d in &item.decisions {
+                    li { strong { (step_title(&d.level)) } ": " (d.outcome.as_str()) " — " (d.reason) }
+                }
+            }
+            form method="post" action={ "/approvals/" (r) "/decision" } {
+                input type="hidden" name="csrf" value=(csrf);
+                div.field {
+                    label for=(reason_id) { "Reason (shown to the applicant)" }
+                    textarea #(reason_id) name="reason" rows="2" required maxlength="500" {}
+                }
+                div.actions {
+                    button type="submit" name="decision" value="approve" { "Approve" }
+                    button.reject type="submit" name="decision" value="reject" { "Reject" }
+                }
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct InboxQuery {
+    done: Option<String>,
+    error: Option<String>,
+}
+
+pub(super) async fn show(
+    req: HttpRequest,
+    query: web::Query<InboxQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(session) = signed_in(&req, &state).await else {
+        return Ok(sign_in::form(&state, StatusCode::OK, ""));
+    };
+    let (approver, csrf) = (&session.approver, session.csrf.as_str());
+    let items = approvals::inbox(&state, approver.levels.clone()).await?;
+    let body = html! {
+        h1 { "Approver inbox" }
+        p { "Signed in as " strong #approver-name { (approver.name) } " (levels: " (approver.levels.join(", ")) "). Oldest first." }
+        form method="post" action="/approvals/session/end" {
+            input type="hidden" name="csrf" value=(csrf);
+            button.secondary type="submit" { "Sign out" }
+        }
+        @if let Some(done) = &query.done {
+            div.banner.ok role="status" {
+                "Your decision on " span.reference { (done) } " was recorded; it now continues through the chain. "
+                a href={ "/loans/" (done) } { "Follow it" } "."
+            }
+        }
+        @if let Some(error) = &query.error { div.banner.bad role="alert" { (error) } }
+        div aria-live="polite" {
+            @if items.is_empty() {
+                p.card { "Nothing is waiting for you. New applications appear here when they need a person's decision." }
+            }
+            @for i in &items { (item(i, csrf)) }
+        }
+    };
+    Ok(page(StatusCode::OK, "Approver inbox", body))
+}
+
+pub(super) async fn decide(
+    req: HttpRequest,
+    path: web::Path<String>,
+    form: web::Form<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(session) = signed_in(&req, &state).await else {
+        return Ok(sign_in::form(&state, StatusCode::UNAUTHORIZED, "Please sign in again."));
+    };
+    if !session.csrf_ok(form.get("csrf")) {
+        return Ok(sign_in::refused());
+    }
+    let body = json!({"decision": form.get("decision"), "reason": form.get("reason")});
+    let outcome = match approvals::parse_decision(&body) {
+        Ok((outcome, reason)) => approvals::decide(&state, &session.approver, &path, outcome, reason).await,
+        Err(e) => Err(e),
+    };
+    let back = |name: &str, value: &str| {
+        let query = format!("{name}={}", utf8_percent_encode(value, NON_ALPHANUMERIC));
+        HttpResponse::SeeOther().insert_header((header::LOCATION, format!("/approvals?{query}"))).finish()
+    };
+    Ok(match outcome {
+        Ok(accepted) => back("done", &accepted.reference),
+        Err(ApiError::Validation(_)) => back("error", "Please choose approve or reject and give a reason."),
+        Err(ApiError::NotAwaitingDecision) => back("error", "That application is no longer waiting for a decision."),
+        Err(ApiError::Forbidden) => back("error", "You may not decide that level."),
+        Err(ApiError::NotFound) => back("error", "No such application."),
+        Err(e) => return Err(e),
+    })
+}

@@ -1,13 +1,11 @@
-//! The human approval level's API: approvers list what waits at their levels and
-//! decide it. A decision does not change anything here directly: it is handed to the
+//! The human approval level's service: who an approver is, what waits for them, and
+//! their decisions; the API (`api::approvals`) and the inbox page call it. A decision does not change anything here directly: it is handed to the
 //! level through the outbox, and the level announces it like any other decision.
 
 use std::sync::Arc;
 
-use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use loanflow_domain::application::{Currency, EmploymentStatus, Purpose};
@@ -17,8 +15,8 @@ use loanflow_platform::broker::WORK_EXCHANGE;
 use loanflow_platform::db::{blocking, DbError};
 use loanflow_platform::settings::ApproverSettings;
 
-use crate::api::{read_json_object, AppState};
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::{self, OutboxMessage, Waiting};
 
 /// The most characters a decision's reason may have.
@@ -47,26 +45,6 @@ pub fn authenticate(approvers: &[ApproverSettings], token: &str) -> Option<Appro
 /// The approver of that name as configured now (a session outlives no removal).
 pub fn by_name(approvers: &[ApproverSettings], name: &str) -> Option<Approver> {
     approvers.iter().find(|a| a.name == name).map(|a| Approver { name: a.name.clone(), levels: a.levels.clone() })
-}
-
-fn bearer(req: &HttpRequest, state: &AppState) -> Result<Approver, ApiError> {
-    state.limits.before_authenticating(req)?;
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| state.limits.failed_authentication(req))?;
-    authenticate(&state.approvers, token.trim()).ok_or_else(|| state.limits.failed_authentication(req))
-}
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/approvals", web::get().to(list)).route("/api/approvals/{reference}", web::post().to(decide_api));
-}
-
-#[derive(Deserialize)]
-struct LevelQuery {
-    level: Option<String>,
 }
 
 /// One application in an approver's inbox: the API's item and the inbox page's view.
@@ -107,7 +85,7 @@ impl TryFrom<Waiting> for InboxItem {
             monthly_debts: a.applicant.monthly_debts,
             employment_status: a.applicant.employment_status,
             score: w.score,
-            waiting_since: crate::api::timestamp(w.waiting_since),
+            waiting_since: crate::status::timestamp(w.waiting_since),
             decisions: w.decisions,
         })
     }
@@ -127,17 +105,6 @@ pub async fn inbox(state: &AppState, levels: Vec<String>) -> Result<Vec<InboxIte
     let waiting = blocking(&state.pool, move |conn| store::waiting_at(conn, &levels)).await?;
     let items: Result<Vec<InboxItem>, DbError> = waiting.into_iter().map(InboxItem::try_from).collect();
     Ok(items?)
-}
-
-#[tracing::instrument(name = "approvals.list", skip_all)]
-async fn list(
-    req: HttpRequest,
-    query: web::Query<LevelQuery>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let approver = bearer(&req, &state)?;
-    let levels = levels_for(&approver, query.level.as_deref())?;
-    Ok(HttpResponse::Ok().json(inbox(&state, levels).await?))
 }
 
 #[derive(Debug, Serialize)]
@@ -216,19 +183,6 @@ pub async fn decide(
         decided_by: format!("approver:{}", approver.name),
         status: Status::InReview,
     })
-}
-
-async fn decide_api(
-    req: HttpRequest,
-    path: web::Path<String>,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let approver = bearer(&req, &state)?;
-    let body = read_json_object(&req, payload).await?;
-    let (outcome, reason) = parse_decision(&body)?;
-    let accepted = decide(&state, &approver, &path, outcome, reason).await?;
-    Ok(HttpResponse::Ok().json(accepted))
 }
 
 /// Shared with the inbox page.

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use actix_web::error::{JsonPayloadError, UrlencodedError};
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{web, HttpResponse, ResponseError};
 use serde::Serialize;
 
 use loanflow_platform::db::DbError;
@@ -41,6 +42,9 @@ pub enum ApiError {
     RateLimited(u64),
     #[error("the request body did not arrive in time")]
     RequestTimeout,
+    /// A query string or form the extractor could not read (the reason is actix's).
+    #[error("the request cannot be read: {0}")]
+    BadRequest(String),
     #[error("internal error")]
     Internal(#[from] DbError),
 }
@@ -63,6 +67,7 @@ impl ApiError {
             ApiError::NotAwaitingDecision => ("not_awaiting_decision", StatusCode::CONFLICT),
             ApiError::RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
             ApiError::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
+            ApiError::BadRequest(_) => ("bad_request", StatusCode::BAD_REQUEST),
             // No connection could be had in time: the database is down or saturated, which
             // a retry may outlive. Everything else unexpected is a 500.
             ApiError::Internal(DbError::Pool(_) | DbError::Unavailable(_)) => {
@@ -117,6 +122,36 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response.json(ErrorBody { error, message, fields })
+    }
+}
+
+/// Actix's own rejections — a query string, path, form or JSON body its extractor
+/// cannot read — answered in the contract's shape like every other error, instead of
+/// actix's plain-text defaults.
+pub fn extractor_rejections(cfg: &mut web::ServiceConfig) {
+    let limit = crate::body::MAX_BODY_BYTES;
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()))
+        // Every path parameter is a string: a path that does not match is no resource.
+        .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NoRoute.into()))
+        .app_data(web::FormConfig::default().limit(limit).error_handler(|e, _| form_rejection(e).into()))
+        .app_data(web::JsonConfig::default().limit(limit).error_handler(|e, _| json_rejection(e).into()));
+}
+
+fn form_rejection(e: UrlencodedError) -> ApiError {
+    match e {
+        UrlencodedError::ContentType => ApiError::UnsupportedMediaType,
+        UrlencodedError::Overflow { limit, .. } => ApiError::TooLarge(limit),
+        other => ApiError::BadRequest(other.to_string()),
+    }
+}
+
+fn json_rejection(e: JsonPayloadError) -> ApiError {
+    match e {
+        JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+            ApiError::TooLarge(limit)
+        }
+        _ => ApiError::InvalidJson,
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod approvals;
+mod body;
 pub mod error;
 mod limits;
 mod pages;
@@ -13,7 +14,10 @@ mod relay;
 mod schema;
 mod sessions;
 mod sql;
+pub mod state;
+mod status;
 pub mod store;
+mod submission;
 pub mod twin;
 mod writer;
 
@@ -57,7 +61,7 @@ pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Resul
     let health = Health::default();
     let relay_health = health.part("outbox-relay");
     let projection_health = health.part("status-consumer");
-    let state = api::AppState::new(pool.clone(), &settings, None);
+    let state = state::AppState::new(pool.clone(), &settings, None);
     let relay_wake = state.relay_wake.clone();
     let (addr, tasks) = serve(&settings, state, health, &shutdown)?;
     tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, relay_health, shutdown.clone()));
@@ -93,7 +97,7 @@ pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Resul
 /// progress finish, so their outbox rows are committed) when `shutdown` fires.
 fn serve(
     settings: &Settings,
-    state: api::AppState,
+    state: state::AppState,
     health: Health,
     shutdown: &CancellationToken,
 ) -> Result<(std::net::SocketAddr, TaskTracker), StartError> {
@@ -106,9 +110,9 @@ fn serve(
         App::new()
             .app_data(data.clone())
             .app_data(health_data.clone())
+            .configure(error::extractor_rejections)
             .configure(health::routes)
             .configure(api::routes)
-            .configure(approvals::routes)
             .configure(pages::routes)
             .wrap(
                 actix_web::middleware::DefaultHeaders::new()

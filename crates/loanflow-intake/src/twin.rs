@@ -19,8 +19,9 @@ use loanflow_platform::settings::TwinSettings;
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::{CancellationToken, Settings};
 
-use crate::api::{new_work, status_body, AppState};
 use crate::error::ApiError;
+use crate::state::AppState;
+use crate::submission::new_work;
 use crate::{store, StartError, SCHEMA};
 
 pub struct TwinChain {
@@ -125,5 +126,5 @@ pub async fn submit(state: &AppState, chain: &TwinChain, value: &serde_json::Val
 }
 
 async fn respond(state: &AppState, reference: Reference) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(status_body(state, reference).await?))
+    Ok(HttpResponse::Ok().json(crate::status::document(state, reference).await?))
 }

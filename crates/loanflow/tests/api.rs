@@ -267,3 +267,45 @@ async fn an_idempotency_key_makes_a_retried_submission_return_the_first_referenc
     assert_eq!(system.count("intake", "applications", None).await, 3);
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_extractor_cannot_read_is_answered_in_the_contracts_error_shape() {
+    let system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    let form = |path: &str, content_type: &str, body: String| {
+        system.http.post(system.url(path)).header("content-type", content_type.to_owned()).body(body).send()
+    };
+    let cases = [
+        // A query string without what the handler needs, and one with a field twice.
+        ("GET /track", system.http.get(system.url("/track")).send().await.unwrap(), 400, "bad_request"),
+        (
+            "GET /api/approvals?level=…&level=…",
+            system
+                .http
+                .get(system.url("/api/approvals?level=manager&level=kyc"))
+                .bearer_auth(loanflow_testkit::MANAGER_TOKEN)
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "bad_request",
+        ),
+        // A form sent as JSON, and a form over the size limit.
+        ("POST / as JSON", form("/", "application/json", "{}".into()).await.unwrap(), 415, "unsupported_media_type"),
+        (
+            "POST / too large",
+            form("/", "application/x-www-form-urlencoded", format!("amount={}", "9".repeat(20_000))).await.unwrap(),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (what, response, status, code) in cases {
+        assert_eq!(response.status(), status, "{what}");
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("application/json"), "{what}: {content_type}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], code, "{what}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {body}");
+    }
+    assert_eq!(system.count("intake", "applications", None).await, 0, "nothing was recorded");
+    system.shutdown().await;
+}

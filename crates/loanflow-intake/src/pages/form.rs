@@ -17,8 +17,8 @@ use loanflow_domain::application::{MAX_TERM_MONTHS, MIN_TERM_MONTHS};
 use loanflow_domain::Reference;
 
 use super::{not_found_page, page, random_hex};
-use crate::api::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// One input of the form, named by its JSON path.
 struct Input {
@@ -272,8 +272,8 @@ pub(super) async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     state.limits.submission(&req)?;
     let form = form.into_inner();
-    let key = form.get("idempotency_key").filter(|k| crate::api::valid_idempotency_key(k.as_bytes())).cloned();
-    match crate::api::accept(&state, &to_json(&form), key.clone()).await {
+    let key = form.get("idempotency_key").filter(|k| crate::submission::valid_idempotency_key(k.as_bytes())).cloned();
+    match crate::submission::accept(&state, &to_json(&form), key.clone()).await {
         Ok(reference) => Ok(HttpResponse::SeeOther()
             .insert_header((header::LOCATION, format!("/loans/{reference}?submitted=1")))
             .finish()),

@@ -12,9 +12,9 @@ use serde_json::json;
 
 use super::sign_in::{self, signed_in};
 use super::{page, step_title, words};
-use crate::api::AppState;
 use crate::approvals::{self, InboxItem};
 use crate::error::ApiError;
+use crate::state::AppState;
 
 fn item(item: &InboxItem, csrf: &str) -> Markup {
     let r = item.reference.as_str();

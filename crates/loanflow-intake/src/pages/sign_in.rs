@@ -9,10 +9,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use maud::html;
 
 use super::page;
-use crate::api::AppState;
 use crate::approvals;
 use crate::error::ApiError;
 use crate::sessions::Session;
+use crate::state::AppState;
 
 pub(super) async fn signed_in(req: &HttpRequest, state: &AppState) -> Option<Session> {
     state.sessions.current(req, &state.pool, &state.approvers).await

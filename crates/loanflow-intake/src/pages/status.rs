@@ -10,8 +10,8 @@ use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
 use loanflow_platform::db::blocking;
 
 use super::{fragment, not_found_page, page, step_title, when};
-use crate::api::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::{self, StatusView};
 
 fn label(status: Status) -> &'static str {

@@ -13,7 +13,6 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use loanflow_domain::booking::bookable;
 use loanflow_domain::messages::{Envelope, StatusEvent, WorkItem, WorkMessage, LEDGER_STEP};
@@ -24,7 +23,7 @@ use std::collections::HashSet;
 use loanflow_platform::broker::access::{self, Senders};
 use loanflow_platform::broker::{self, step_queue, Batch, Disposition, Publisher};
 use loanflow_platform::db::{self, blocking, DbError, PgPool};
-use loanflow_platform::health::{self, Health};
+use loanflow_platform::service;
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 use rust_decimal::Decimal;
@@ -46,19 +45,23 @@ pub enum StartError {
 pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
     settings.broker = settings.broker.acting_as(access::LEDGER);
     let pool = db::migrated_pool(&settings.ledger.database, SCHEMA).await?;
-    let tasks = TaskTracker::new();
-    let health = Health::default();
-    let consuming = health.part("broker");
-    let listen = settings.ledger.health_listen.clone();
-    let addr = health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Listen(listen, e))?;
     let policy = settings.levels.underwriting.clone();
-    let senders = Senders::of(&settings.broker, access::Queue::Ledger);
-    let queue = step_queue(LEDGER_STEP);
-    tasks.spawn(broker::consume(settings, queue, senders, consuming, shutdown, move |batch, publisher| {
-        book_batch(pool.clone(), policy.clone(), batch, publisher)
-    }));
-    tracing::info!(health = %addr, "ledger started");
-    Ok(Running::new(Some(addr), tasks))
+    let consumer = service::Consumer {
+        queue: step_queue(LEDGER_STEP),
+        senders: Senders::of(&settings.broker, access::Queue::Ledger),
+        health_listen: settings.ledger.health_listen.clone(),
+    };
+    let listen = consumer.health_listen.clone();
+    let running = service::start(
+        settings,
+        consumer,
+        shutdown,
+        |_| {},
+        move |batch, publisher| book_batch(pool.clone(), policy.clone(), batch, publisher),
+    )
+    .map_err(|e| StartError::Listen(listen, e))?;
+    tracing::info!(health = ?running.addr, "ledger started");
+    Ok(running)
 }
 
 /// Books a delivery batch: every checked loan in one statement, then every `approved`

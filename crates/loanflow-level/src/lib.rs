@@ -17,7 +17,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use futures_util::future::join_all;
 use loanflow_domain::messages::{ApproverDecision, Envelope, RoutingSlip, StatusEvent, WorkItem, WorkMessage};
@@ -26,7 +25,7 @@ use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
 use loanflow_platform::broker::access::{self, Senders};
 use loanflow_platform::broker::{self, step_queue, Batch, BrokerError, Disposition, Publisher};
 use loanflow_platform::db::{self, blocking, inbox, DbError, PgPool};
-use loanflow_platform::health::{self, Health};
+use loanflow_platform::service;
 use loanflow_platform::settings::LevelsSettings;
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
@@ -98,25 +97,31 @@ pub async fn start(
         stats: stats.clone(),
         deciders,
     });
-    let tasks = TaskTracker::new();
-    let health = Health::default();
-    let consuming = health.part("broker");
-    let listen = settings.levels.health_listen.clone();
-    let health_addr =
-        health::serve(&listen, health, shutdown.clone(), &tasks).map_err(|e| StartError::Listen(listen, e))?;
     let (pool, retention) = (level.pool.clone(), settings.retention.clone());
     let every = Duration::from_secs(retention.sweep_minutes.saturating_mul(60));
-    tasks.spawn(loanflow_platform::retention::every(every, "inbox", shutdown.clone(), move || {
+    let sweep = loanflow_platform::retention::every(every, "inbox", shutdown.clone(), move || {
         let (pool, before) = (pool.clone(), loanflow_platform::retention::cutoff_days(retention.inbox_days));
         async move { blocking(&pool, move |conn| inbox::forget_before(conn, before)).await }
-    }));
-    let senders = Senders::of(&settings.broker, access::Queue::Level(name));
-    tasks.spawn(broker::consume(settings, step_queue(name), senders, consuming, shutdown, move |batch, publisher| {
-        let level = level.clone();
-        async move { level.handle_batch(batch, publisher).await }
-    }));
-    tracing::info!(level = name, health = %health_addr, "level started");
-    Ok((Running::new(Some(health_addr), tasks), stats))
+    });
+    let consumer = service::Consumer {
+        queue: step_queue(name),
+        senders: Senders::of(&settings.broker, access::Queue::Level(name)),
+        health_listen: settings.levels.health_listen.clone(),
+    };
+    let listen = consumer.health_listen.clone();
+    let running = service::start(
+        settings,
+        consumer,
+        shutdown,
+        |tasks| drop(tasks.spawn(sweep)),
+        move |batch, publisher| {
+            let level = level.clone();
+            async move { level.handle_batch(batch, publisher).await }
+        },
+    )
+    .map_err(|e| StartError::Listen(listen, e))?;
+    tracing::info!(level = name, health = ?running.addr, "level started");
+    Ok((running, stats))
 }
 
 /// What a level's rule came to.

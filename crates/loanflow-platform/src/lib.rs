@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod retention;
 pub mod secret;
+pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -133,6 +133,35 @@ impl<'a> Supervisor<'a> {
 mod tests {
     use super::*;
 
+    /// On tokio's paused clock: reconnection waits double from the first, are capped
+    /// (plus jitter of up to the wait itself), start over after a reset, and a pause
+    /// ends early when the service stops.
+    #[tokio::test(start_paused = true)]
+    async fn reconnection_waits_grow_are_capped_and_stop_with_the_service() {
+        let mut settings = crate::Settings::defaults().unwrap().broker;
+        (settings.reconnect_initial_ms, settings.reconnect_max_ms) = (100, 1000);
+        let mut backoff = Backoff::new(&settings);
+        let waits: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
+        assert!(waits[0] >= Duration::from_millis(100) && waits[0] <= Duration::from_millis(200), "{waits:?}");
+        assert!(waits.iter().all(|w| *w <= Duration::from_millis(2000)), "capped (with jitter): {waits:?}");
+        assert!(waits[7] >= Duration::from_millis(1000), "reaches the cap: {waits:?}");
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(200), "starts over after a healthy session");
+
+        let stop = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        assert!(pause_unless_stopped(Duration::from_secs(5), &stop).await, "a full pause");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stopper.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        assert!(!pause_unless_stopped(Duration::from_secs(60), &stop).await, "cut short by the stop");
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
     /// `amqps://` is switched on by the URL alone: the client speaks TLS (here to a
     /// server that does not, so the handshake fails) instead of refusing the scheme.
     #[tokio::test]

@@ -7,26 +7,17 @@
 //! (queue depths, status events on the wire, the ledger's rows). Waiting is always
 //! for a condition with a deadline, never a bare sleep.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::BigInt;
-use diesel::Connection as _;
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
 use loanflow_level::LevelStats;
-use loanflow_platform::broker::{Topology, STATUS_EXCHANGE};
 use loanflow_platform::secret::{Secret, TokenHash};
 use loanflow_platform::settings::{ApproverSettings, OperatorSettings, RetrySettings};
 
@@ -40,20 +31,17 @@ pub const TWIN_SECRET: &str = "test-twin-secret";
 use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
+mod broker;
+mod database;
+mod fixtures;
 mod proxy;
+
+pub use broker::{EventTap, Tapped};
+pub use fixtures::application;
 pub use proxy::FaultProxy;
 
-/// The PostgreSQL server tests use (a database of their own is created on it).
-fn pg_server() -> String {
-    std::env::var("LOANFLOW_TEST_PG").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".into())
-}
-const TEST_DATABASE: &str = "loanflow_test";
-fn amqp_server() -> String {
-    std::env::var("LOANFLOW_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
-}
-fn management_api() -> String {
-    std::env::var("LOANFLOW_TEST_RABBITMQ_API").unwrap_or_else(|_| "http://127.0.0.1:15672/api".into())
-}
+use broker::{amqp_addr, broker_host, create_vhost, declare_topology, delete_vhost, management_api, proxied_amqp_url};
+use database::{ensure_test_database, pg_addr, pg_server, TEST_DATABASE};
 
 /// How often a condition is re-checked while waiting for it.
 const POLL: Duration = Duration::from_millis(25);
@@ -337,55 +325,6 @@ impl TestSystem {
         Twin { url, ledger_url: settings.twin.ledger_url, ledger_schema, level_urls: settings.twin.level_urls }
     }
 
-    /// Rows in a table of any schema of this test (see [`TestSystem::count`]).
-    pub async fn count_in_schema(&self, schema: &str, table: &str) -> i64 {
-        let sql = format!("SELECT count(*) AS n FROM \"{schema}\".\"{table}\"");
-        count_rows(sql).await
-    }
-
-    /// A connection of the test harness itself (RabbitMQ's administrator `guest`, which
-    /// no service uses): to inspect queues, tap events, or forge messages.
-    pub async fn amqp(&self) -> anyhow::Result<Connection> {
-        let url = format!("{}/{}", amqp_server(), self.vhost);
-        Ok(Connection::connect(&url, ConnectionProperties::default()).await?)
-    }
-
-    /// Publishes `payload` into one of this test's queues as `service` would: through
-    /// the exchange that feeds the queue, stamped with the service's user, confirmed.
-    pub async fn inject_as(
-        &self,
-        service: &str,
-        queue: &str,
-        payload: &[u8],
-        properties: lapin::BasicProperties,
-    ) -> anyhow::Result<()> {
-        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-        let (exchange, routing_key) = match queue.strip_prefix("loanflow.step.") {
-            Some(step) => (loanflow_platform::broker::WORK_EXCHANGE, step),
-            None if queue == loanflow_platform::broker::STATUS_QUEUE => (STATUS_EXCHANGE, ""),
-            None => bail!("no exchange feeds {queue}"),
-        };
-        let conn = self.amqp_as(service).await?;
-        let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        let user = self.settings.broker.user_of(service);
-        let properties = properties.with_user_id(user.as_str().into());
-        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-        let confirm = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
-        let confirmation = confirm.await?;
-        if !confirmation.is_ack() || confirmation.take_message().is_some() {
-            bail!("the broker did not take the message for {queue}");
-        }
-        conn.close(200, "bye".into()).await?;
-        Ok(())
-    }
-
-    /// A connection as one of this test's service users (`"intake"`, `"level_kyc"`,
-    /// `"ledger"`, `"operator"`): to publish as that service would.
-    pub async fn amqp_as(&self, service: &str) -> anyhow::Result<Connection> {
-        Ok(loanflow_platform::broker::connect(&self.settings.broker.acting_as(service)).await?)
-    }
-
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }
@@ -423,118 +362,6 @@ impl TestSystem {
             );
             tokio::time::sleep(POLL).await;
         }
-    }
-
-    /// Ready messages in a queue of this test's vhost.
-    pub async fn queue_depth(&self, queue: &str) -> u32 {
-        let conn = self.amqp().await.expect("broker");
-        let channel = conn.create_channel().await.expect("channel");
-        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let queue = channel.queue_declare(queue.into(), options, FieldTable::default()).await.expect("queue exists");
-        let _ = conn.close(200, "bye".into()).await;
-        queue.message_count()
-    }
-
-    /// The schema a service of this test owns (`"intake"`, `"ledger"`, or a level's name).
-    pub fn schema(&self, service: &str) -> String {
-        match service {
-            "intake" => self.settings.intake.database.schema.clone(),
-            "ledger" => self.settings.ledger.database.schema.clone(),
-            level => format!("{}{level}", self.settings.levels.database.schema),
-        }
-    }
-
-    /// Runs a statement the test writes on the test database (schema-qualified with
-    /// [`TestSystem::schema`]), e.g. to age rows past a retention period.
-    pub async fn execute_sql(&self, sql: &str) {
-        execute_on_test_database(sql.to_owned()).await;
-    }
-
-    /// The first column (as text, named `v`) of a query on the test database, as the
-    /// test harness's own superuser.
-    pub async fn text_rows(&self, sql: &str) -> Vec<String> {
-        let (url, sql) = (format!("{}/{TEST_DATABASE}", pg_server()), sql.to_owned());
-        tokio::task::spawn_blocking(move || {
-            #[derive(QueryableByName)]
-            struct Row {
-                #[diesel(sql_type = diesel::sql_types::Text)]
-                v: String,
-            }
-            let mut conn = PgConnection::establish(&url).expect("database");
-            diesel::sql_query(sql).load::<Row>(&mut conn).expect("query").into_iter().map(|r| r.v).collect()
-        })
-        .await
-        .expect("query task")
-    }
-
-    /// Runs statements connected through `url` (a service role's, say): the database's
-    /// error, if any, as text.
-    pub async fn sql_as(&self, url: String, sql: &str) -> Result<(), String> {
-        let sql = sql.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = PgConnection::establish(&url).map_err(|e| e.to_string())?;
-            conn.batch_execute(&sql).map_err(|e| e.to_string())
-        })
-        .await
-        .expect("statement task")
-    }
-
-    /// Rows in one of this test's tables, e.g. `count("ledger", "loans", None)`.
-    pub async fn count(&self, service: &str, table: &str, reference: Option<&str>) -> i64 {
-        let filter = reference.map(|r| format!("reference = '{}'", r.replace('\'', ""))).unwrap_or_default();
-        self.count_matching(service, table, &filter).await
-    }
-
-    /// Rows of one of this test's tables that match an SQL condition (a literal the
-    /// test writes; empty: every row).
-    pub async fn count_matching(&self, service: &str, table: &str, condition: &str) -> i64 {
-        let schema = self.schema(service);
-        let filter = if condition.is_empty() { String::new() } else { format!(" WHERE {condition}") };
-        count_rows(format!("SELECT count(*) AS n FROM \"{schema}\".\"{table}\"{filter}")).await
-    }
-
-    /// Starts recording every status event published in this test's vhost.
-    pub async fn tap_status_events(&self) -> EventTap {
-        let conn = self.amqp().await.expect("broker");
-        let channel = conn.create_channel().await.expect("channel");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .expect("tap queue");
-        let name = queue.name().clone();
-        channel
-            .queue_bind(
-                name.clone(),
-                STATUS_EXCHANGE.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind tap");
-        let mut consumer = channel
-            .basic_consume(name, "tap".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await
-            .expect("consume tap");
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        let task = tokio::spawn(async move {
-            let _conn = conn;
-            while let Some(Ok(delivery)) = consumer.next().await {
-                if let Ok(env) = Envelope::<StatusMessage>::decode(&delivery.data) {
-                    let mut sink = sink.lock().expect("tap lock");
-                    for (reference, event) in env.body.into_events(env.reference) {
-                        sink.push(Tapped { reference: reference.to_string(), message_id: env.message_id, event });
-                    }
-                }
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-            }
-        });
-        EventTap { events, task }
     }
 
     /// Stops every level instance (the queues keep their messages).
@@ -658,84 +485,6 @@ pub struct ProxiedLevel {
     pub health: String,
 }
 
-/// One status event seen on the wire.
-#[derive(Debug, Clone)]
-pub struct Tapped {
-    pub reference: String,
-    pub message_id: uuid::Uuid,
-    pub event: StatusEvent,
-}
-
-/// Status events seen on the wire, by reference.
-pub struct EventTap {
-    events: Arc<Mutex<Vec<Tapped>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl EventTap {
-    pub fn events(&self) -> Vec<Tapped> {
-        self.events.lock().expect("tap lock").clone()
-    }
-
-    /// How many decision events each reference got from `level`.
-    pub fn decisions_by(&self, level: &str) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        for t in self.events() {
-            if t.event.decision.as_ref().is_some_and(|d| d.level == level) {
-                *counts.entry(t.reference).or_insert(0) += 1;
-            }
-        }
-        counts
-    }
-
-    /// (reference, level) pairs whose decision events on the wire disagree. A level
-    /// may announce the same decision twice under at-least-once delivery (consumers
-    /// absorb it); it must never announce two different ones.
-    pub fn conflicting_decisions(&self) -> Vec<(String, String)> {
-        let mut seen: HashMap<(String, String), std::collections::HashSet<String>> = HashMap::new();
-        for t in self.events() {
-            if let Some(d) = &t.event.decision {
-                let key = (t.reference, d.level.clone());
-                seen.entry(key).or_default().insert(format!("{:?}/{}/{:?}", d.outcome, d.reason, d.decided_by));
-            }
-        }
-        seen.into_iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| k).collect()
-    }
-}
-
-impl Drop for EventTap {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Runs a statement on the test database (for a test that ages rows, say).
-async fn execute_on_test_database(sql: String) {
-    let url = format!("{}/{TEST_DATABASE}", pg_server());
-    tokio::task::spawn_blocking(move || {
-        let mut conn = PgConnection::establish(&url).expect("database");
-        conn.batch_execute(&sql).expect("statement");
-    })
-    .await
-    .expect("statement task");
-}
-
-/// Runs a `SELECT count(*) AS n …` on the test database.
-async fn count_rows(sql: String) -> i64 {
-    let url = format!("{}/{TEST_DATABASE}", pg_server());
-    tokio::task::spawn_blocking(move || {
-        #[derive(QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
-        let mut conn = PgConnection::establish(&url).expect("database");
-        diesel::sql_query(sql).get_result::<Count>(&mut conn).expect("count").n
-    })
-    .await
-    .expect("count task")
-}
-
 /// The synchronous twin started beside a test system.
 #[derive(Debug, Clone)]
 pub struct Twin {
@@ -762,122 +511,4 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// The broker's address, for proxies in front of it.
-fn amqp_addr() -> anyhow::Result<std::net::SocketAddr> {
-    let server = amqp_server();
-    let host_port = server.rsplit('@').next().unwrap_or(&server).trim_start_matches("amqp://");
-    use std::net::ToSocketAddrs;
-    host_port.to_socket_addrs()?.next().context("broker address")
-}
-
-/// The database server's address, for proxies in front of it.
-fn pg_addr() -> anyhow::Result<std::net::SocketAddr> {
-    let server = pg_server();
-    let host_port = server.rsplit('@').next().unwrap_or(&server).trim_start_matches("postgres://");
-    use std::net::ToSocketAddrs;
-    host_port.to_socket_addrs()?.next().context("database address")
-}
-
-/// `url` (without credentials) with its host and port replaced by the proxy's.
-fn proxied_amqp_url(url: &str, proxy: std::net::SocketAddr) -> String {
-    let rest = url.trim_start_matches("amqp://");
-    let vhost = rest.split_once('/').map(|(_, v)| v).unwrap_or("");
-    format!("amqp://{proxy}/{vhost}")
-}
-
-/// The broker's host and port, without the harness's credentials.
-fn broker_host() -> String {
-    let server = amqp_server();
-    server.rsplit('@').next().unwrap_or(&server).trim_start_matches("amqp://").to_owned()
-}
-
-/// Declares the topology as the setup user, before any service starts (the services
-/// may not declare anything).
-async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
-    let setup = settings.broker.acting_as(loanflow_platform::broker::access::SETUP);
-    let conn = loanflow_platform::broker::connect(&setup).await?;
-    let channel = conn.create_channel().await?;
-    Topology::new(settings).declare(&channel).await?;
-    conn.close(200, "bye".into()).await?;
-    Ok(())
-}
-
-async fn create_vhost(vhost: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let api = management_api();
-    let put = |url: String, body: Value| http.put(url).basic_auth("guest", Some("guest")).json(&body).send();
-    let response = put(format!("{api}/vhosts/{vhost}"), json!({})).await.context(
-        "the RabbitMQ management API is needed to create test vhosts: run `rabbitmq-plugins enable rabbitmq_management`",
-    )?;
-    if !response.status().is_success() {
-        bail!("creating vhost {vhost}: {}", response.status());
-    }
-    let response =
-        put(format!("{api}/permissions/{vhost}/guest"), json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .await?;
-    if !response.status().is_success() {
-        bail!("granting vhost {vhost}: {}", response.status());
-    }
-    Ok(())
-}
-
-async fn delete_vhost(vhost: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let mut last = None;
-    for attempt in 0..5u64 {
-        let result =
-            http.delete(format!("{}/vhosts/{vhost}", management_api())).basic_auth("guest", Some("guest")).send().await;
-        match result {
-            Ok(r) if r.status().is_success() || r.status() == 404 => return Ok(()),
-            Ok(r) => last = Some(anyhow::anyhow!("status {}", r.status())),
-            Err(e) => last = Some(e.into()),
-        }
-        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("unknown error")))
-}
-
-async fn ensure_test_database() -> anyhow::Result<()> {
-    let url = format!("{}/postgres", pg_server());
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut conn = PgConnection::establish(&url).context("PostgreSQL must be running")?;
-        #[derive(QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
-        let exists =
-            diesel::sql_query(format!("SELECT count(*) AS n FROM pg_database WHERE datname = '{TEST_DATABASE}'"))
-                .get_result::<Count>(&mut conn)?
-                .n
-                > 0;
-        if !exists {
-            // Tests race to create it; losing the race is fine.
-            let _ = conn.batch_execute(&format!("CREATE DATABASE {TEST_DATABASE}"));
-        }
-        Ok(())
-    })
-    .await?
-}
-
-/// A valid application (the contract's example) with a sandbox identity that scores
-/// `score`, which the caller adjusts field by field.
-pub fn application(score: u16) -> Value {
-    json!({
-        "applicant": {
-            "full_name": "Ada Lovelace",
-            "email": "ada@example.com",
-            "national_id": format!("SBX{score}A1"),
-            "date_of_birth": "1990-04-01",
-            "annual_income": "85000.00",
-            "monthly_debts": "1200.00",
-            "employment_status": "employed"
-        },
-        "amount": "25000.00",
-        "currency": "USD",
-        "term_months": 36,
-        "purpose": "home_improvement"
-    })
 }

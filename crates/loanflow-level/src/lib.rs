@@ -85,7 +85,8 @@ pub async fn start(
 ) -> Result<(Running, Arc<LevelStats>), StartError> {
     settings.broker = settings.broker.acting_as(&access::level(name));
     let rule = Rule::new(&settings, name)?;
-    let pool = db::migrated_pool(&settings.levels.database_for(name), SCHEMA).await?;
+    let database = settings.levels.database_for(name).map_err(|_| StartError::UnknownLevel(name.to_owned()))?;
+    let pool = db::migrated_pool(&database, SCHEMA).await?;
     let stats = Arc::new(LevelStats::default());
     // A person's decision comes from the intake, where approvers sign in; from no level.
     let deciders = Senders::just(&settings.broker, vec![access::INTAKE.to_owned()]);

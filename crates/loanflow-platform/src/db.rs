@@ -55,8 +55,55 @@ pub enum DbError {
     Corrupt(String),
 }
 
-/// `[a-z_][a-z0-9_]*`: schema names are spliced into SQL, so only plain identifiers
-/// are accepted (checked when settings load).
+/// A PostgreSQL identifier loanflow splices into SQL (a schema or role name): only
+/// `[a-z_][a-z0-9_]*`, at most 63 bytes, so a splice is safe by construction and
+/// PostgreSQL never silently truncates it. Settings hold schema and role names as this
+/// type, checked when they load.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct Identifier(String);
+
+impl Identifier {
+    pub fn new(name: impl Into<String>) -> Result<Identifier, String> {
+        let name = name.into();
+        if is_identifier(&name) {
+            Ok(Identifier(name))
+        } else {
+            Err(format!("{name:?} is not a plain identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"))
+        }
+    }
+
+    /// This identifier followed by `suffix` (a level's name after a prefix).
+    pub fn followed_by(&self, suffix: &str) -> Result<Identifier, String> {
+        Identifier::new(format!("{}{suffix}", self.0))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Identifier {
+    type Error = String;
+    fn try_from(name: String) -> Result<Identifier, String> {
+        Identifier::new(name)
+    }
+}
+
+impl std::fmt::Display for Identifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for Identifier {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `[a-z_][a-z0-9_]*`, at most 63 bytes.
 pub fn is_identifier(s: &str) -> bool {
     let mut bytes = s.bytes();
     matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
@@ -153,7 +200,7 @@ impl Counters {
 
 #[derive(Debug)]
 struct SessionSetup {
-    schema: String,
+    schema: Identifier,
     statement_timeout_ms: u64,
     counters: Counters,
 }
@@ -216,7 +263,7 @@ pub fn migrate(settings: &DatabaseSettings, definition: SchemaDefinition) -> Res
 /// and delete rows, except in append-only tables (select and insert) and the migration
 /// history (nothing). No DDL: it owns nothing. Identifiers are checked when settings
 /// load ([`is_identifier`]) and append-only tables are the services' constants.
-fn grants(schema: &str, role: &str, append_only: &[&str]) -> String {
+fn grants(schema: &Identifier, role: &Identifier, append_only: &[&str]) -> String {
     let mut sql = format!(
         "GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";
          GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\";
@@ -347,6 +394,19 @@ pub mod inbox {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_plain_identifiers_reach_an_sql_splice() {
+        use super::Identifier;
+        assert_eq!(Identifier::new("level_kyc").unwrap().as_str(), "level_kyc");
+        for bad in ["", "Level", "1abc", "intake\"; DROP SCHEMA ledger; --", "a b", "é", &"a".repeat(64)] {
+            assert!(Identifier::new(bad).is_err(), "{bad:?}");
+        }
+        let prefix = Identifier::new("a".repeat(60)).unwrap();
+        assert!(prefix.followed_by("kyc").is_ok() && prefix.followed_by("manager").is_err(), "63 bytes at most");
+        let from_settings: Result<Identifier, _> = serde_json::from_str("\"x; --\"");
+        assert!(from_settings.is_err(), "settings refuse it when they load");
+    }
+
     #[test]
     fn services_connect_as_their_roles_with_the_password_encoded() {
         use crate::secret::Secret;

@@ -9,6 +9,7 @@ use std::path::Path;
 use loanflow_domain::rules::{CreditPolicy, KycPolicy, LevelKind, ManagerPolicy, UnderwritingPolicy};
 use serde::Deserialize;
 
+use crate::db::Identifier;
 use crate::secret::{Secret, TokenHash};
 
 const DEFAULTS: &str = include_str!("defaults.toml");
@@ -185,7 +186,7 @@ pub struct DatabaseSettings {
     /// The runtime role the service serves as (levels: a prefix, followed by the level's
     /// name). Its migrations run as `<role>_owner`, which owns the schema and grants the
     /// runtime role only what its tables need.
-    pub role: String,
+    pub role: Identifier,
     /// The roles' passwords. Unset, libpq finds them in its password file (`~/.pgpass`,
     /// or `PGPASSFILE`), where `deploy/prepare.sh` keeps them for a local machine.
     #[serde(default)]
@@ -193,7 +194,7 @@ pub struct DatabaseSettings {
     #[serde(default)]
     pub owner_password: Secret,
     /// The schema this service owns; its tables and migration history live there.
-    pub schema: String,
+    pub schema: Identifier,
     pub pool_size: u32,
     /// How long to wait for a pooled connection before failing the request.
     pub connect_timeout_ms: u64,
@@ -318,13 +319,14 @@ pub struct LevelsSettings {
 }
 
 impl LevelsSettings {
-    /// The database settings of one level, with its own schema and roles.
-    pub fn database_for(&self, level: &str) -> DatabaseSettings {
-        DatabaseSettings {
-            schema: format!("{}{level}", self.database.schema),
-            role: format!("{}{level}", self.database.role),
+    /// The database settings of one level, with its own schema and roles (the prefixes
+    /// followed by the level's name).
+    pub fn database_for(&self, level: &str) -> Result<DatabaseSettings, String> {
+        Ok(DatabaseSettings {
+            schema: self.database.schema.followed_by(level)?,
+            role: self.database.role.followed_by(level)?,
             ..self.database.clone()
-        }
+        })
     }
 }
 
@@ -406,14 +408,18 @@ impl Settings {
             return invalid("chain.levels must not name a level twice".into());
         }
         for db in [&settings.intake.database, &settings.ledger.database, &settings.levels.database] {
-            if !crate::db::is_identifier(&db.schema) {
-                return invalid(format!("database schema {:?} must match [a-z_][a-z0-9_]*", db.schema));
-            }
-            if !crate::db::is_identifier(&db.role) {
-                return invalid(format!("database role {:?} must match [a-z_][a-z0-9_]*", db.role));
-            }
             if let Err(why) = crate::db::check_url(&db.url) {
                 return invalid(format!("database url: {why}"));
+            }
+            // The owner role's name too.
+            if let Err(why) = db.role.followed_by("_owner") {
+                return invalid(format!("database role: {why}"));
+            }
+        }
+        for kind in LevelKind::ALL {
+            let level = kind.name();
+            if let Err(why) = settings.levels.database_for(level).and_then(|db| db.role.followed_by("_owner")) {
+                return invalid(format!("levels.database: for level {level}: {why}"));
             }
         }
         let authority = settings.broker.url.split_once("://").map_or("", |(_, rest)| rest).split('/').next();
@@ -439,7 +445,7 @@ mod tests {
         assert_eq!(s.levels.kyc, KycPolicy::default());
         assert_eq!(s.levels.credit, CreditPolicy::default());
         assert_eq!(s.broker.queue_type, QueueType::Quorum);
-        assert_eq!(s.levels.database_for("kyc").schema, "level_kyc");
+        assert_eq!(s.levels.database_for("kyc").unwrap().schema.as_str(), "level_kyc");
     }
 
     #[test]

@@ -25,8 +25,8 @@ impl TestSystem {
     /// The schema a service of this test owns (`"intake"`, `"ledger"`, or a level's name).
     pub fn schema(&self, service: &str) -> String {
         match service {
-            "intake" => self.settings.intake.database.schema.clone(),
-            "ledger" => self.settings.ledger.database.schema.clone(),
+            "intake" => self.settings.intake.database.schema.to_string(),
+            "ledger" => self.settings.ledger.database.schema.to_string(),
             level => format!("{}{level}", self.settings.levels.database.schema),
         }
     }

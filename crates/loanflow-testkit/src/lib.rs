@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use loanflow_level::LevelStats;
+use loanflow_platform::db::Identifier;
 use loanflow_platform::secret::{Secret, TokenHash};
 use loanflow_platform::settings::{ApproverSettings, OperatorSettings, RetrySettings};
 
@@ -145,7 +146,7 @@ impl TestSystem {
             (&mut settings.levels.database, format!("t{id}_level_")),
         ] {
             db.url = db_url.clone();
-            db.schema = schema;
+            db.schema = Identifier::new(schema).map_err(anyhow::Error::msg)?;
             db.pool_size = 3;
         }
         settings.intake.listen = "127.0.0.1:0".into();
@@ -280,7 +281,7 @@ impl TestSystem {
             .env("LOANFLOW__RETRY__INITIAL_MS", retry.initial_ms.to_string())
             .env("LOANFLOW__RETRY__MAX_MS", retry.max_ms.to_string())
             .env("LOANFLOW__LEVELS__DATABASE__URL", &s.levels.database.url)
-            .env("LOANFLOW__LEVELS__DATABASE__SCHEMA", &s.levels.database.schema)
+            .env("LOANFLOW__LEVELS__DATABASE__SCHEMA", s.levels.database.schema.as_str())
             .env("LOANFLOW__LEVELS__DATABASE__POOL_SIZE", s.levels.database.pool_size.to_string())
             .env("LOANFLOW__LEVELS__BUREAU_URL", &s.levels.bureau_url)
             .env("LOANFLOW__TELEMETRY__FILTER", if std::env::var("TEST_LOG").is_ok() { "info" } else { "error" })
@@ -312,12 +313,12 @@ impl TestSystem {
         }
         let ledger_schema = format!("t{}_twin_ledger", self.id);
         let mut ledger = settings.clone();
-        ledger.ledger.database.schema = ledger_schema.clone();
+        ledger.ledger.database.schema = Identifier::new(ledger_schema.clone()).expect("a plain name");
         let running = loanflow_ledger::twin::start(ledger, self.stop.clone()).await.expect("twin ledger starts");
         settings.twin.ledger_url = format!("http://{}", running.addr.expect("twin ledger address"));
         self.services.push(running);
         let intake_schema = format!("t{}_twin_intake", self.id);
-        settings.intake.database.schema = intake_schema.clone();
+        settings.intake.database.schema = Identifier::new(intake_schema.clone()).expect("a plain name");
         let running = loanflow_intake::twin::start(settings.clone(), self.stop.clone()).await.expect("twin intake");
         let url = format!("http://{}", running.addr.expect("twin intake address"));
         self.services.push(running);
@@ -426,7 +427,7 @@ impl TestSystem {
     /// Every schema this test created.
     fn schemas(&self) -> Vec<String> {
         let mut schemas =
-            vec![self.settings.intake.database.schema.clone(), self.settings.ledger.database.schema.clone()];
+            vec![self.settings.intake.database.schema.to_string(), self.settings.ledger.database.schema.to_string()];
         for level in &self.settings.chain.levels {
             schemas.push(format!("{}{level}", self.settings.levels.database.schema));
         }

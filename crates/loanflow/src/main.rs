@@ -249,7 +249,8 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         (settings.ledger.database.clone(), loanflow_ledger::SCHEMA),
     ];
     for level in &settings.chain.levels {
-        targets.push((settings.levels.database_for(level), loanflow_level::SCHEMA));
+        let database = settings.levels.database_for(level).map_err(anyhow::Error::msg)?;
+        targets.push((database, loanflow_level::SCHEMA));
     }
     for (database, migrations) in targets {
         db::migrated_pool(&database, migrations)

@@ -466,7 +466,7 @@ async fn each_service_serves_as_its_own_role_with_a_password_and_no_more_privile
         system.sql_as(as_intake(), &format!("SELECT * FROM \"{kyc}\".processed_messages")).await,
         "intake reads kyc",
     );
-    let as_kyc = system.settings.levels.database_for("kyc").runtime_url();
+    let as_kyc = system.settings.levels.database_for("kyc").unwrap().runtime_url();
     denied(system.sql_as(as_kyc, &format!("SELECT * FROM \"{intake}\".applications")).await, "kyc reads intake");
     // Its own append-only tables take inserts, never changes; no runtime role does DDL.
     let as_ledger = system.settings.ledger.database.runtime_url();

@@ -14,8 +14,8 @@ run: prepare build migrate
 	@echo "==> starting loanflow (intake on http://127.0.0.1:8080/)"
 	@. $(CREDENTIALS) && exec $(BIN) --development all
 
-## test: prepare the machine, then formatting, lints and every test
-test: prepare lint
+## test: prepare the machine, then formatting, lints, the generated schemas and every test
+test: prepare lint schema-check
 	$(CARGO) test --workspace --all-targets
 
 prepare:
@@ -52,7 +52,9 @@ simulate: build
 schema:
 	deploy/print-schema.sh
 
+## schema-check: every src/schema.rs matches what its migrations generate
 schema-check:
+	@command -v diesel >/dev/null || $(CARGO) install diesel_cli --no-default-features --features postgres --locked
 	deploy/print-schema.sh --check
 
 ## screenshots: refresh the README's screenshots from the browser tests' latest run

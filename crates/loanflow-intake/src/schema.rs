@@ -13,20 +13,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    applications (reference) {
+        reference -> Text,
+        application -> Jsonb,
+        submitted_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     approver_sessions (id_sha256) {
         id_sha256 -> Bytea,
         approver -> Text,
         csrf -> Text,
         created_at -> Timestamptz,
         expires_at -> Timestamptz,
-    }
-}
-
-diesel::table! {
-    applications (reference) {
-        reference -> Text,
-        application -> Jsonb,
-        submitted_at -> Timestamptz,
     }
 }
 

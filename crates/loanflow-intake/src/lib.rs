@@ -58,13 +58,18 @@ pub enum StartError {
 pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
     settings.broker = settings.broker.acting_as(access::INTAKE);
     let pool = db::migrated_pool(&settings.intake.database, SCHEMA).await?;
+    // Ready while its database answers: that is what accepting an application takes.
+    // The broker parts are reported, not required: while the broker is away the outbox
+    // keeps every accepted application, so a load balancer must keep this intake in.
     let health = Health::default();
-    let relay_health = health.part("outbox-relay");
-    let projection_health = health.part("status-consumer");
+    let database_health = health.part("database");
+    let relay_health = health.reported("outbox-relay");
+    let projection_health = health.reported("status-consumer");
     let state = state::AppState::new(pool.clone(), &settings, None);
     let relay_wake = state.relay_wake.clone();
     let (addr, tasks) = serve(&settings, state, health, &shutdown)?;
     tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, relay_health, shutdown.clone()));
+    tasks.spawn(db::watch(pool.clone(), database_health, shutdown.clone()));
     let (keys, hours) = (pool.clone(), settings.intake.idempotency_hours);
     let every = std::time::Duration::from_secs(settings.retention.sweep_minutes.saturating_mul(60));
     tasks.spawn(loanflow_platform::retention::every(every, "idempotency keys", shutdown.clone(), move || {

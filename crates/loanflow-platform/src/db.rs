@@ -299,6 +299,27 @@ fn is_connection_lost(error: &diesel::result::Error) -> bool {
     )
 }
 
+/// How often [`watch`] asks the database whether it answers.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Keeps `health` up while the database answers a trivial query through `pool` (within
+/// the pool's connection timeout), until `shutdown`.
+pub async fn watch(pool: PgPool, health: crate::health::Flag, shutdown: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(WATCH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let answered = blocking(&pool, |conn| Ok(conn.batch_execute("SELECT 1")?)).await;
+        if let Err(e) = &answered {
+            tracing::debug!(error = %e, "database not answering");
+        }
+        health.set(answered.is_ok());
+    }
+}
+
 /// Runs blocking diesel work on tokio's blocking pool, keeping the caller's tracing
 /// span so its logs still carry the reference.
 pub async fn blocking<T, F>(pool: &PgPool, work: F) -> Result<T, DbError>

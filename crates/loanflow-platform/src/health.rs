@@ -1,7 +1,11 @@
-//! Health: each long-running part of a service (a consumer, the outbox relay) owns a
-//! flag that says whether it is connected; the service is ready when all are.
+//! Health: each long-running part of a service (a consumer, the outbox relay, the
+//! database) owns a flag that says whether it works; the service is ready when every
+//! *required* part is. A *reported* part shows in the body and in the metrics without
+//! deciding readiness: the intake keeps accepting applications while the broker is
+//! away (its outbox absorbs the outage), so a load balancer must keep sending them.
 //! Served as `/health/live` (the process answers) and `/health/ready` (200 when
-//! ready, 503 with the parts that are not), beside `/metrics` (Prometheus).
+//! ready, 503 otherwise; the body lists every part), beside `/metrics` (Prometheus,
+//! with `loanflow_health_part_up{part}`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,38 +17,65 @@ use tokio_util::task::TaskTracker;
 
 #[derive(Debug, Clone, Default)]
 pub struct Health {
-    parts: Arc<Mutex<BTreeMap<String, Arc<AtomicBool>>>>,
+    parts: Arc<Mutex<BTreeMap<String, Part>>>,
 }
 
-/// One part's readiness; starts not ready.
 #[derive(Debug, Clone)]
-pub struct Flag(Arc<AtomicBool>);
+struct Part {
+    up: Arc<AtomicBool>,
+    required: bool,
+}
+
+/// One part's state; starts down.
+#[derive(Debug, Clone)]
+pub struct Flag {
+    up: Arc<AtomicBool>,
+    name: String,
+}
 
 impl Flag {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+    pub fn set(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::HEALTH_PART_UP, "part" => self.name.clone()).set(if up { 1.0 } else { 0.0 });
     }
 }
 
 impl Health {
+    /// A part the service is not ready without.
     pub fn part(&self, name: &str) -> Flag {
-        let flag = Arc::new(AtomicBool::new(false));
-        if let Ok(mut parts) = self.parts.lock() {
-            parts.insert(name.to_owned(), flag.clone());
-        }
-        Flag(flag)
+        self.add(name, true)
     }
 
-    /// Each part and whether it is ready.
+    /// A part whose state is reported but does not decide readiness.
+    pub fn reported(&self, name: &str) -> Flag {
+        self.add(name, false)
+    }
+
+    fn add(&self, name: &str, required: bool) -> Flag {
+        crate::metrics::install();
+        let up = Arc::new(AtomicBool::new(false));
+        if let Ok(mut parts) = self.parts.lock() {
+            parts.insert(name.to_owned(), Part { up: up.clone(), required });
+        }
+        let flag = Flag { up, name: name.to_owned() };
+        flag.set(false);
+        flag
+    }
+
+    /// Each part and whether it is up.
     pub fn report(&self) -> BTreeMap<String, bool> {
         self.parts
             .lock()
-            .map(|parts| parts.iter().map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed))).collect())
+            .map(|parts| parts.iter().map(|(k, p)| (k.clone(), p.up.load(Ordering::Relaxed))).collect())
             .unwrap_or_default()
     }
 
+    /// Whether every required part is up.
     pub fn is_ready(&self) -> bool {
-        self.report().values().all(|ready| *ready)
+        self.parts
+            .lock()
+            .map(|parts| parts.values().filter(|p| p.required).all(|p| p.up.load(Ordering::Relaxed)))
+            .unwrap_or(false)
     }
 }
 
@@ -54,7 +85,7 @@ async fn live() -> HttpResponse {
 
 async fn ready(health: web::Data<Health>) -> HttpResponse {
     let parts = health.report();
-    let ready = parts.values().all(|r| *r);
+    let ready = health.is_ready();
     let body = serde_json::json!({"status": if ready { "ready" } else { "not_ready" }, "parts": parts});
     if ready {
         HttpResponse::Ok().json(body)

@@ -8,7 +8,8 @@
 //! (`loanflow_consumer_queue_wait_seconds`), how long a batch's handler took
 //! (`loanflow_consumer_handling_seconds`), deliveries by outcome
 //! (`loanflow_consumer_deliveries_total`); and for every publish, the wait for the
-//! broker's confirm (`loanflow_publish_confirm_seconds`).
+//! broker's confirm (`loanflow_publish_confirm_seconds`); and whether each part of a
+//! service is up (`loanflow_health_part_up`, labelled by `part`).
 
 use std::sync::OnceLock;
 
@@ -19,6 +20,8 @@ pub const QUEUE_WAIT: &str = "loanflow_consumer_queue_wait_seconds";
 pub const HANDLING: &str = "loanflow_consumer_handling_seconds";
 pub const DELIVERIES: &str = "loanflow_consumer_deliveries_total";
 pub const CONFIRM_WAIT: &str = "loanflow_publish_confirm_seconds";
+/// 1 while a part of a service (a consumer, the relay, the database) is up, else 0.
+pub const HEALTH_PART_UP: &str = "loanflow_health_part_up";
 
 const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];

@@ -87,6 +87,8 @@ pub struct TestSystem {
     pub settings: Settings,
     /// Between the intake and the broker.
     pub intake_broker: FaultProxy,
+    /// Between the intake and its database.
+    pub intake_database: FaultProxy,
     /// Between the credit level and the bureau.
     pub bureau: FaultProxy,
     /// The bureau itself (for its fault controls).
@@ -198,11 +200,15 @@ impl TestSystem {
             // Port 1 on loopback: nothing listens there, connections are refused.
             intake_settings.broker.url = "amqp://127.0.0.1:1/%2f".into();
         }
+        let intake_database = FaultProxy::start(pg_addr()?).await;
+        intake_settings.intake.database.url =
+            format!("postgres://{}/{TEST_DATABASE}?sslmode=disable", intake_database.addr());
         let intake = loanflow_intake::start(intake_settings, stop.clone()).await?;
         let base_url = format!("http://{}", intake.addr.context("intake address")?);
         let mut system = TestSystem {
             settings,
             intake_broker,
+            intake_database,
             bureau: bureau_proxy,
             bureau_url: format!("http://{bureau_addr}"),
             ledger_url,

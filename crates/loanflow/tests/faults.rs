@@ -47,6 +47,17 @@ async fn wait_ready(system: &TestSystem, ready: bool) -> bool {
     probe_ready(system, &system.url("/health/ready"), ready).await
 }
 
+/// The intake's readiness: status code and body.
+async fn ready_body(system: &TestSystem) -> (u16, Value) {
+    let answer = system.http.get(system.url("/health/ready")).send().await.unwrap();
+    (answer.status().as_u16(), answer.json().await.unwrap())
+}
+
+/// Waits until the intake's readiness body reports `part` up or down.
+async fn wait_part(system: &TestSystem, part: &str, up: bool) -> bool {
+    wait_until(SETTLE_WITHIN, || async { ready_body(system).await.1["parts"][part] == up }).await
+}
+
 /// Waits until a readiness endpoint says `ready` (200) or not (503).
 async fn probe_ready(system: &TestSystem, url: &str, ready: bool) -> bool {
     wait_until(Duration::from_secs(15), || async {
@@ -64,12 +75,18 @@ async fn intake_survives_its_broker_connection_cut_for_ten_seconds() {
     let mut refs = submit_many(&system, 150).await;
 
     system.intake_broker.cut();
-    assert!(wait_ready(&system, false).await, "not ready while the broker is unreachable");
+    // The intake stays ready (a load balancer keeps it in: its outbox absorbs the
+    // outage), and says in the body that its broker parts are down.
+    assert!(wait_part(&system, "outbox-relay", false).await, "the relay's part is reported down");
+    let body = ready_body(&system).await;
+    assert_eq!(body.0, 200, "still ready while the broker is unreachable: {:?}", body.1);
+    assert_eq!(body.1["parts"]["database"], true);
     // Applicants are still answered at once: their applications wait in the outbox.
     refs.extend(submit_many(&system, 150).await);
     tokio::time::sleep(OUTAGE).await; // the outage itself, not a wait for a condition
     system.intake_broker.restore();
-    assert!(wait_ready(&system, true).await, "ready again once reconnected");
+    assert!(wait_part(&system, "outbox-relay", true).await, "the relay reconnects");
+    assert!(wait_part(&system, "status-consumer", true).await, "the projection reconnects");
 
     assert_all_approved_once(&system, &refs).await;
     assert_eq!(system.count("intake", "outbox", None).await, 0, "the relay caught up");
@@ -394,5 +411,20 @@ async fn a_poison_message_inside_a_batch_dead_letters_alone_while_its_batch_mate
     assert_eq!(letters.len(), 1, "only the poison message is dead-lettered: {letters:?}");
     assert_eq!(letters[0].origin_queue, kyc);
     assert!(letters[0].reason.starts_with("undecodable message"), "{}", letters[0].reason);
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intake_is_not_ready_while_its_database_is_unreachable() {
+    let system = TestSystem::start().await;
+    assert!(wait_ready(&system, true).await, "ready once its database answers");
+    system.intake_database.cut();
+    assert!(wait_ready(&system, false).await, "503 while its database is unreachable");
+    let (status, body) = ready_body(&system).await;
+    assert_eq!((status, body["parts"]["database"].clone()), (503, Value::Bool(false)), "{body}");
+    system.intake_database.restore();
+    assert!(wait_ready(&system, true).await, "ready again once the database answers");
+    let reference = system.submit_ok(&application(720)).await;
+    system.wait_for_status(&reference, "approved", SETTLE_WITHIN).await;
     system.shutdown().await;
 }

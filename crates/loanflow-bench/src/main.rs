@@ -250,12 +250,7 @@ async fn wait_final(finals: &Mutex<Finals>, sent: &[Sent], within: Duration) -> 
 }
 
 fn pct(samples: &mut [f64], q: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    samples.sort_by(f64::total_cmp);
-    let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-    samples[rank - 1]
+    loanflow_simulate::report::Latencies::of(samples).at(q)
 }
 
 /// Sends `count` applications at `rate` per second; returns what was sent.
@@ -383,27 +378,16 @@ async fn broker_ceiling(amqp: &str, count: usize, payload_size: usize) -> anyhow
 /// CPU seconds used so far by the system under test: every `loanflow` service
 /// process (not this client), RabbitMQ and PostgreSQL.
 fn system_cpu_seconds() -> f64 {
-    let me = std::process::id();
-    let ticks_per_second = 100.0; // USER_HZ on Linux
-    let mut total = 0.0;
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if pid == me {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let comm = &stat[open + 1..close];
-        if !matches!(comm, "loanflow" | "beam.smp" | "postgres") {
-            continue;
-        }
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        // After the name: state is field 3, utime 14 and stime 15 (1-based, in stat(5)).
-        let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else { continue };
-        total += (utime.parse::<f64>().unwrap_or(0.0) + stime.parse::<f64>().unwrap_or(0.0)) / ticks_per_second;
-    }
-    total
+    let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    let ticks_per_second = procfs::ticks_per_second() as f64;
+    let Ok(processes) = procfs::process::all_processes() else { return 0.0 };
+    processes
+        .flatten()
+        .filter(|p| p.pid != me)
+        .filter_map(|p| p.stat().ok())
+        .filter(|stat| matches!(stat.comm.as_str(), "loanflow" | "beam.smp" | "postgres"))
+        .map(|stat| (stat.utime + stat.stime) as f64 / ticks_per_second)
+        .sum()
 }
 
 /// Server-wide counters read before and after the full-speed phase: what one
@@ -514,18 +498,16 @@ async fn outage(
 }
 
 fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    let kib = process.status().ok()?.vmhwm?;
+    Some(kib as f64 / 1024.0)
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+    use procfs::Current;
+    let cpu = procfs::CpuInfo::current()
         .ok()
-        .and_then(|c| {
-            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
+        .and_then(|info| info.model_name(0).map(str::to_owned))
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{cores} cores ({cpu})")
@@ -803,4 +785,17 @@ fn git_rev() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown revision".into())
+}
+
+#[cfg(test)]
+mod proc_tests {
+    /// What the benchmark reads from /proc: this process's own memory, the machine's CPU,
+    /// and the CPU time of the services' processes (PostgreSQL runs on every machine
+    /// this runs on).
+    #[test]
+    fn process_memory_cpu_time_and_the_machine_are_read() {
+        assert!(super::peak_rss_mib(std::process::id()).is_some_and(|mib| mib > 0.0));
+        assert!(super::machine().contains("cores ("));
+        assert!(super::system_cpu_seconds() > 0.0, "PostgreSQL has used some CPU");
+    }
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,120 +124,137 @@ impl Report {
         Ok(dir)
     }
 
+    /// Applications per status over time, one line per status.
     fn statuses_svg(&self) -> String {
-        let (w, h, pad) = (900.0, 420.0, 50.0);
         let t_max = self.timeline.last().map(|s| s.t).unwrap_or(1.0).max(0.001);
         let y_max = self.applications.max(1) as f64;
-        let mut series: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
-        for s in &self.timeline {
-            for key in s.counts.keys() {
-                series.entry(key.as_str()).or_default();
+        let mut statuses: Vec<&str> = self.timeline.iter().flat_map(|s| s.counts.keys().map(String::as_str)).collect();
+        statuses.sort_unstable();
+        statuses.dedup();
+        let title = format!("{}: applications per status over time", self.scenario);
+        chart(&title, (0.0..t_max, "seconds"), (0.0..y_max, "applications"), |chart| {
+            for (i, status) in statuses.iter().enumerate() {
+                let colour = PALETTE[i % PALETTE.len()];
+                let points = self.timeline.iter().map(|s| (s.t, s.counts.get(*status).copied().unwrap_or(0) as f64));
+                chart
+                    .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+                    .label(*status)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
             }
-        }
-        for s in &self.timeline {
-            for (key, points) in series.iter_mut() {
-                points.push((s.t, s.counts.get(*key).copied().unwrap_or(0) as f64));
-            }
-        }
-        let colours =
-            ["#0b4f8a", "#136f3a", "#a01c1c", "#d69e2e", "#6b46c1", "#2c7a7b", "#b83280", "#4a5568", "#dd6b20"];
-        let mut svg = svg_open(w, h, &format!("{}: applications per status over time", self.scenario));
-        axes(&mut svg, w, h, pad, t_max, "seconds", y_max, "applications");
-        for (i, (key, points)) in series.iter().enumerate() {
-            let colour = colours[i % colours.len()];
-            let path: Vec<String> = points
-                .iter()
-                .map(|(t, y)| {
-                    format!("{:.1},{:.1}", pad + t / t_max * (w - 2.0 * pad), h - pad - y / y_max * (h - 2.0 * pad))
-                })
-                .collect();
-            let _ = write!(
-                svg,
-                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-                path.join(" ")
-            );
-            let _ = write!(
-                svg,
-                r#"<text x="{}" y="{}" font-size="12" fill="{colour}">{}</text>"#,
-                w - pad - 150.0,
-                pad + 14.0 * i as f64,
-                escape(key)
-            );
-        }
-        svg.push_str("</svg>\n");
-        svg
+            Ok(())
+        })
     }
 
+    /// The end-to-end latency distribution (40 buckets), with its percentiles marked.
     fn latency_svg(&self) -> String {
-        let (w, h, pad) = (900.0, 420.0, 50.0);
         let samples = &self.end_to_end_samples;
         let max = samples.iter().copied().fold(1.0_f64, f64::max);
         let buckets = 40;
+        let width = max / buckets as f64;
         let mut counts = vec![0usize; buckets];
         for s in samples {
-            let b = ((s / max) * (buckets as f64 - 1.0)).round() as usize;
-            counts[b.min(buckets - 1)] += 1;
+            counts[((s / width) as usize).min(buckets - 1)] += 1;
         }
         let y_max = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
-        let mut svg = svg_open(w, h, &format!("{}: end-to-end latency distribution", self.scenario));
-        axes(&mut svg, w, h, pad, max, "milliseconds", y_max, "applications");
-        let bar = (w - 2.0 * pad) / buckets as f64;
-        for (i, c) in counts.iter().enumerate() {
-            let bh = *c as f64 / y_max * (h - 2.0 * pad);
-            let _ = write!(
-                svg,
-                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#0b4f8a"/>"##,
-                pad + i as f64 * bar + 1.0,
-                h - pad - bh,
-                (bar - 2.0).max(1.0),
-                bh
-            );
-        }
-        for (name, v) in &self.end_to_end_ms {
-            let x = pad + v / max * (w - 2.0 * pad);
-            let _ = write!(
-                svg,
-                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{pad}" y2="{}" stroke="#a01c1c" stroke-dasharray="4"/><text x="{:.1}" y="{}" font-size="12" fill="#a01c1c">{name} {v:.0}</text>"##,
-                h - pad,
-                x + 3.0,
-                pad + 12.0
-            );
-        }
-        svg.push_str("</svg>\n");
-        svg
+        let title = format!("{}: end-to-end latency distribution", self.scenario);
+        chart(&title, (0.0..max, "milliseconds"), (0.0..y_max * 1.1, "applications"), |chart| {
+            let bars = counts.iter().enumerate().map(|(i, c)| {
+                let x = i as f64 * width;
+                Rectangle::new([(x, 0.0), (x + width * 0.9, *c as f64)], PALETTE[0].filled())
+            });
+            chart.draw_series(bars)?;
+            for (i, (name, v)) in self.end_to_end_ms.iter().enumerate() {
+                let colour = PALETTE[2 + i % (PALETTE.len() - 2)];
+                chart
+                    .draw_series(LineSeries::new([(*v, 0.0), (*v, y_max * 1.1)], colour.stroke_width(1)))?
+                    .label(format!("{name} {v:.0} ms"))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(1)));
+            }
+            Ok(())
+        })
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
+const PALETTE: [RGBColor; 9] = [
+    RGBColor(0x0b, 0x4f, 0x8a),
+    RGBColor(0x13, 0x6f, 0x3a),
+    RGBColor(0xa0, 0x1c, 0x1c),
+    RGBColor(0xd6, 0x9e, 0x2e),
+    RGBColor(0x6b, 0x46, 0xc1),
+    RGBColor(0x2c, 0x7a, 0x7b),
+    RGBColor(0xb8, 0x32, 0x80),
+    RGBColor(0x4a, 0x55, 0x68),
+    RGBColor(0xdd, 0x6b, 0x20),
+];
 
-fn svg_open(w: f64, h: f64, title: &str) -> String {
-    format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif"><rect width="100%" height="100%" fill="#fff"/><text x="{}" y="24" font-size="16" text-anchor="middle">{}</text>"##,
-        w / 2.0,
-        escape(title)
-    )
-}
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type Drawn = Result<(), DrawingAreaErrorKind<std::io::Error>>;
 
-#[allow(clippy::too_many_arguments)]
-fn axes(svg: &mut String, w: f64, h: f64, pad: f64, x_max: f64, x_label: &str, y_max: f64, y_label: &str) {
-    let _ = write!(
-        svg,
-        r##"<line x1="{pad}" y1="{b}" x2="{r}" y2="{b}" stroke="#333"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{b}" stroke="#333"/><text x="{r}" y="{lx}" font-size="12" text-anchor="end">{x_label} (max {x_max:.1})</text><text x="8" y="{}" font-size="12">{y_label}</text><text x="{}" y="{b}" font-size="11" text-anchor="end">0</text><text x="{}" y="{}" font-size="11" text-anchor="end">{y_max:.0}</text>"##,
-        pad - 16.0,
-        pad - 4.0,
-        pad - 4.0,
-        pad + 4.0,
-        b = h - pad,
-        r = w - pad,
-        lx = h - pad + 30.0,
-    );
+/// A 900×420 SVG chart with a title, labelled axes and a legend, drawn by `draw`. A
+/// chart that cannot be drawn (it never should) comes out as an SVG that says so.
+fn chart(
+    title: &str,
+    (x_range, x_label): (std::ops::Range<f64>, &str),
+    (y_range, y_label): (std::ops::Range<f64>, &str),
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> Drawn,
+) -> String {
+    let mut svg = String::new();
+    let drawn = (|| -> Drawn {
+        let root = SVGBackend::with_string(&mut svg, (900, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(x_range, y_range)?;
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).light_line_style(WHITE.mix(0.0)).draw()?;
+        draw(&mut chart)?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw()?;
+        root.present()
+    })();
+    match drawn {
+        Ok(()) => svg,
+        Err(e) => {
+            format!(r#"<svg xmlns="http://www.w3.org/2000/svg"><text x="10" y="20">chart not drawn: {e}</text></svg>"#)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn charts_are_svg_with_their_title_axes_and_legend() {
+        let mut report = Report {
+            scenario: "smoke".into(),
+            applications: 3,
+            submit_errors: Vec::new(),
+            outcomes: BTreeMap::new(),
+            reasons: BTreeMap::new(),
+            by_profile: BTreeMap::new(),
+            submit_ms: BTreeMap::new(),
+            finalised_per_second: 1.5,
+            end_to_end_ms: percentiles(&[12.0, 30.0, 95.0]),
+            elapsed_s: 2.0,
+            never_final: Vec::new(),
+            timeline: Vec::new(),
+            end_to_end_samples: vec![12.0, 30.0, 95.0],
+        };
+        for (t, approved) in [(0.0, 0), (1.0, 2), (2.0, 3)] {
+            report.timeline.push(Sample { t, counts: BTreeMap::from([("approved".to_owned(), approved)]) });
+        }
+        for (svg, words) in [
+            (report.statuses_svg(), ["smoke: applications per status over time", "seconds", "approved"]),
+            (report.latency_svg(), ["smoke: end-to-end latency distribution", "milliseconds", "p99"]),
+        ] {
+            assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+            for word in words {
+                assert!(svg.contains(word), "{word} in the chart");
+            }
+        }
+    }
 
     #[test]
     fn percentiles_are_within_a_tenth_of_a_percent() {

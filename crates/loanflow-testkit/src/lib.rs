@@ -401,8 +401,8 @@ impl TestSystem {
     }
 
     /// [`TestSystem::shutdown`], returning the invariants that did not hold instead of
-    /// failing: every outbox row was sent (within [`SETTLE`] of the end), and no dead
-    /// letter is left that the test did not expect.
+    /// failing: every outbox row was sent and no consumer holds a delivery (each within
+    /// [`SETTLE`] of the end), and no dead letter is left that the test did not expect.
     pub async fn finish(mut self) -> Vec<String> {
         let mut broken = Vec::new();
         if !self.allow_unsent_outbox {
@@ -411,6 +411,14 @@ impl TestSystem {
                 let rows = self.count("intake", "outbox", None).await;
                 broken.push(format!("{rows} unsent outbox row(s)"));
             }
+        }
+        // Once the system is idle no consumer holds a delivery: one never settled would
+        // keep its place, and its queue's prefetch slot, until the connection closed.
+        let settled =
+            wait_until(SETTLE, || async { loanflow_platform::broker::unacknowledged(&self.vhost) == 0 }).await;
+        if !settled {
+            let held = loanflow_platform::broker::unacknowledged(&self.vhost);
+            broken.push(format!("{held} unacknowledged deliveries"));
         }
         if !self.expect_dead_letters {
             let letters = self.queue_depth(loanflow_platform::broker::DEAD_LETTER_QUEUE).await;

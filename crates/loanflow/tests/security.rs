@@ -605,3 +605,32 @@ async fn dead_letters_are_kept_no_longer_than_their_retention_however_often_they
     assert!(dropped, "the broker drops an unlisted dead letter after the retention");
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_whose_consumer_never_settles_a_delivery_fails() {
+    use loanflow_platform::broker::{self, access, Disposition};
+    let system = TestSystem::start_with(loanflow_testkit::Options { levels: false, ..Default::default() }).await;
+    // A kyc consumer whose handler does not finish until told to.
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let stop = loanflow_platform::CancellationToken::new();
+    let mut settings = system.settings.clone();
+    settings.broker = settings.broker.acting_as(&access::level("kyc"));
+    let senders = access::Senders::of(&settings.broker, access::Queue::Level("kyc"));
+    let health = loanflow_platform::health::Health::default().part("broker");
+    let held = release.clone();
+    let consumer =
+        tokio::spawn(broker::consume(settings, step_queue("kyc"), senders, health, stop.clone(), move |batch, _| {
+            let held = held.clone();
+            async move {
+                held.notified().await;
+                vec![Disposition::Requeue; batch.len()]
+            }
+        }));
+    system.submit_ok(&application(720)).await;
+    let holding = wait_until(Duration::from_secs(10), || async { broker::unacknowledged(&system.vhost) == 1 }).await;
+    assert!(holding, "the consumer holds the delivery");
+    assert_eq!(system.finish().await, ["1 unacknowledged deliveries"], "the harness names what was left");
+    release.notify_one();
+    stop.cancel();
+    consumer.await.unwrap();
+}

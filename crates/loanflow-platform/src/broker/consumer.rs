@@ -40,6 +40,31 @@ use crate::settings::{RetrySettings, Settings};
 /// The deliveries of one batch, as the handler sees them, in delivery order.
 pub type Batch = Vec<Incoming>;
 
+/// Deliveries this process's consumers hold unacknowledged, by vhost and channel.
+fn holding() -> &'static std::sync::Mutex<std::collections::HashMap<String, std::collections::HashMap<Uuid, usize>>> {
+    static HOLDING: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::HashMap<Uuid, usize>>>,
+    > = std::sync::OnceLock::new();
+    HOLDING.get_or_init(Default::default)
+}
+
+fn record_holding(vhost: &str, channel: Uuid, held: Option<usize>) {
+    let mut all = holding().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let of_vhost = all.entry(vhost.to_owned()).or_default();
+    match held {
+        Some(n) => of_vhost.insert(channel, n),
+        None => of_vhost.remove(&channel),
+    };
+}
+
+/// Deliveries this process's consumers hold unacknowledged in `vhost` right now. Once a
+/// system is idle it is 0: a delivery never settled would keep its place (and its
+/// queue's prefetch slot) until the connection closed. A test harness checks it.
+pub fn unacknowledged(vhost: &str) -> usize {
+    let all = holding().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    all.get(vhost).map_or(0, |channels| channels.values().sum())
+}
+
 /// Consumes `queue` until `shutdown`, reconnecting (with backoff) whenever the
 /// connection is lost; `health` says whether it is consuming. Only messages from
 /// `senders` reach the handler: any other is dead-lettered with the reason and logged
@@ -88,6 +113,9 @@ struct Settler {
     retry: RetrySettings,
     publisher: Publisher,
     senders: Senders,
+    /// Where [`unacknowledged`] counts this channel's deliveries.
+    vhost: String,
+    channel: Uuid,
     /// Held while advancing and sending the ack, so that multiple-acks leave in tag
     /// order (an ack for a tag a later ack already covered would close the channel).
     watermark: Mutex<Watermark>,
@@ -120,6 +148,8 @@ impl Session<'_> {
             retry: self.settings.retry.clone(),
             publisher: publisher.clone(),
             senders: self.senders.clone(),
+            vhost: super::access::vhost_of(&broker.url),
+            channel: Uuid::new_v4(),
             watermark: Mutex::new(Watermark::default()),
         });
         let slots = Arc::new(Semaphore::new(usize::from(broker.batch_concurrency.max(1))));
@@ -156,6 +186,7 @@ impl Session<'_> {
                         for delivery in &deliveries {
                             watermark.delivered(delivery.delivery_tag);
                         }
+                        record_holding(&settler.vhost, settler.channel, Some(watermark.outstanding()));
                         drop(watermark);
                         let (handler, settler, slot) = (handler.clone(), settler.clone(), slot.take());
                         tracker.spawn(async move {
@@ -180,6 +211,8 @@ impl Session<'_> {
         } else if tokio::time::timeout(ABANDON_AFTER, tracker.wait()).await.is_err() {
             tracing::warn!(%queue, "handlers still running after the connection was lost; reconnecting anyway");
         }
+        // What the channel still held goes back to the broker with it.
+        record_holding(&settler.vhost, settler.channel, None);
         // Close channels explicitly (lapin would close them on drop, racing the
         // connection's close) so that a clean stop logs no error.
         drop(batches);
@@ -271,6 +304,7 @@ impl Settler {
             // from batches before it that finished out of order.
             log_unsettled(acker.ack(BasicAckOptions { multiple: true }).await);
         }
+        record_holding(&self.vhost, self.channel, Some(watermark.outstanding()));
     }
 
     /// Carries out one item's disposition, up to the broker's confirm of any hand-off.

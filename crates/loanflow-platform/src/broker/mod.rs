@@ -32,7 +32,7 @@ mod topology;
 mod watermark;
 
 pub use connection::{connect, connect_with_backoff, pause_unless_stopped, Backoff, Supervisor};
-pub use consumer::{consume, Batch};
+pub use consumer::{consume, unacknowledged, Batch};
 pub use publisher::{
     confirmed, send_status, send_work, start_status, start_statuses, start_work, Confirm, Outgoing, Publisher,
 };

@@ -36,7 +36,7 @@ impl AppState {
                 chrono::Duration::hours(i64::from(settings.intake.idempotency_hours)),
             ),
             pool,
-            chain: Arc::new(settings.chain.levels.clone()),
+            chain: Arc::new(settings.chain.names()),
             relay_wake,
             approvers: Arc::new(settings.intake.approvers.clone()),
             sessions: crate::sessions::Sessions::new(&settings.intake),

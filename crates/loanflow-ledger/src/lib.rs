@@ -38,6 +38,8 @@ pub enum StartError {
     Database(#[from] DbError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error(transparent)]
+    Health(#[from] service::ListenError),
     #[error("the synchronous twin needs twin.secret to be set")]
     NoTwinSecret,
 }
@@ -51,15 +53,13 @@ pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Resul
         senders: Senders::of(&settings.broker, access::Queue::Ledger),
         health_listen: settings.ledger.health_listen.clone(),
     };
-    let listen = consumer.health_listen.clone();
     let running = service::start(
         settings,
         consumer,
         shutdown,
         |_| {},
         move |batch, publisher| book_batch(pool.clone(), policy.clone(), batch, publisher),
-    )
-    .map_err(|e| StartError::Listen(listen, e))?;
+    )?;
     tracing::info!(health = ?running.addr, "ledger started");
     Ok(running)
 }

@@ -44,6 +44,8 @@ pub enum StartError {
     Client(#[from] reqwest::Error),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error(transparent)]
+    Health(#[from] service::ListenError),
     #[error("the synchronous twin needs twin.secret to be set")]
     NoTwinSecret,
 }
@@ -109,7 +111,6 @@ pub async fn start(
         senders: Senders::of(&settings.broker, access::Queue::Level(name)),
         health_listen: settings.levels.health_listen.clone(),
     };
-    let listen = consumer.health_listen.clone();
     let running = service::start(
         settings,
         consumer,
@@ -119,8 +120,7 @@ pub async fn start(
             let level = level.clone();
             async move { level.handle_batch(batch, publisher).await }
         },
-    )
-    .map_err(|e| StartError::Listen(listen, e))?;
+    )?;
     tracing::info!(level = name, health = ?running.addr, "level started");
     Ok((running, stats))
 }

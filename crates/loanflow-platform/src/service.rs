@@ -21,6 +21,14 @@ pub struct Consumer {
     pub health_listen: String,
 }
 
+/// The health address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {listen}: {source}")]
+pub struct ListenError {
+    pub listen: String,
+    pub source: std::io::Error,
+}
+
 /// Starts the consumer's health address and the consumer itself. `extra` gets the task
 /// tracker before the service counts as running, for its side tasks (a retention sweep).
 pub fn start<F, Fut>(
@@ -29,7 +37,7 @@ pub fn start<F, Fut>(
     shutdown: CancellationToken,
     extra: impl FnOnce(&TaskTracker),
     handler: F,
-) -> std::io::Result<Running>
+) -> Result<Running, ListenError>
 where
     F: Fn(Batch, Publisher) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Vec<Disposition>> + Send + 'static,
@@ -37,7 +45,8 @@ where
     let tasks = TaskTracker::new();
     let health = Health::default();
     let consuming = health.part("broker");
-    let addr = health::serve(&consumer.health_listen, health, shutdown.clone(), &tasks)?;
+    let addr = health::serve(&consumer.health_listen, health, shutdown.clone(), &tasks)
+        .map_err(|source| ListenError { listen: consumer.health_listen.clone(), source })?;
     extra(&tasks);
     tasks.spawn(broker::consume(settings, consumer.queue, consumer.senders, consuming, shutdown, handler));
     Ok(Running::new(Some(addr), tasks))

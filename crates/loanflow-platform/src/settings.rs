@@ -173,9 +173,32 @@ pub enum QueueType {
     Classic,
 }
 
+/// The approval chain for new applications. Levels are read as the kinds the system
+/// knows, so a name that is no level (or that would not be safe in a queue, schema or
+/// routing-key name) never gets past loading the settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChainSettings {
-    pub levels: Vec<String>,
+    #[serde(deserialize_with = "level_kinds")]
+    pub levels: Vec<LevelKind>,
+}
+
+fn level_kinds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<LevelKind>, D::Error> {
+    let names = Vec::<String>::deserialize(deserializer)?;
+    names
+        .iter()
+        .map(|name| {
+            LevelKind::from_name(name).ok_or_else(|| {
+                serde::de::Error::custom(format!("unknown level {name:?} (known: kyc, credit, underwriting, manager)"))
+            })
+        })
+        .collect()
+}
+
+impl ChainSettings {
+    /// The levels' names, as routing slips and queues spell them.
+    pub fn names(&self) -> Vec<String> {
+        self.levels.iter().map(|kind| kind.name().to_owned()).collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -396,13 +419,6 @@ impl Settings {
         if settings.chain.levels.is_empty() {
             return invalid("chain.levels must name at least one level".into());
         }
-        for level in &settings.chain.levels {
-            if LevelKind::from_name(level).is_none() {
-                return invalid(format!(
-                    "chain.levels: unknown level {level:?} (known: kyc, credit, underwriting, manager)"
-                ));
-            }
-        }
         let mut seen = std::collections::HashSet::new();
         if !settings.chain.levels.iter().all(|l| seen.insert(l)) {
             return invalid("chain.levels must not name a level twice".into());
@@ -437,7 +453,7 @@ mod tests {
     #[test]
     fn the_built_in_defaults_are_the_contracts() {
         let s = Settings::defaults().unwrap();
-        assert_eq!(s.chain.levels, ["kyc", "credit", "underwriting", "manager"]);
+        assert_eq!(s.chain.names(), ["kyc", "credit", "underwriting", "manager"]);
         assert_eq!(s.intake.listen, "127.0.0.1:8080");
         assert_eq!(s.bureau.listen, "127.0.0.1:8090");
         assert_eq!(s.levels.manager, ManagerPolicy::default());
@@ -469,7 +485,7 @@ mod tests {
         .unwrap();
         let s = Settings::load(&dir, Mode::Production).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(s.chain.levels, ["kyc", "manager"]);
+        assert_eq!(s.chain.names(), ["kyc", "manager"]);
         assert_eq!(s.levels.manager.threshold.to_string(), "75000.00");
     }
 

@@ -176,7 +176,8 @@ impl TestSystem {
             },
         ];
         if let Some(chain) = options.chain {
-            settings.chain.levels = chain;
+            let kinds = chain.iter().map(|l| loanflow_domain::rules::LevelKind::from_name(l).context("a known level"));
+            settings.chain.levels = kinds.collect::<anyhow::Result<_>>()?;
         }
         if let Some(seconds) = options.dead_letter_seconds {
             settings.retention.dead_letter_seconds = seconds;
@@ -225,7 +226,7 @@ impl TestSystem {
             removed: false,
         };
         if options.levels {
-            for level in system.settings.chain.levels.clone() {
+            for level in system.settings.chain.names() {
                 system.start_level(&level).await;
             }
         }
@@ -282,7 +283,7 @@ impl TestSystem {
                 s.broker.passwords.get(&format!("level_{name}")).map(Secret::expose).unwrap_or_default(),
             )
             .env("LOANFLOW__BROKER__RECONNECT_MAX_MS", s.broker.reconnect_max_ms.to_string())
-            .env("LOANFLOW__CHAIN__LEVELS", s.chain.levels.join(","))
+            .env("LOANFLOW__CHAIN__LEVELS", s.chain.names().join(","))
             .env("LOANFLOW__RETRY__MAX_ATTEMPTS", retry.max_attempts.to_string())
             .env("LOANFLOW__RETRY__INITIAL_MS", retry.initial_ms.to_string())
             .env("LOANFLOW__RETRY__MAX_MS", retry.max_ms.to_string())
@@ -310,7 +311,7 @@ impl TestSystem {
         settings.twin.secret = Secret::new(TWIN_SECRET);
         settings.twin.timeout_ms = 3000;
         settings.twin.listen = "127.0.0.1:0".into();
-        for level in &self.settings.chain.levels {
+        for level in &self.settings.chain.names() {
             let running = loanflow_level::twin::start(settings.clone(), level, self.stop.clone())
                 .await
                 .expect("twin level starts");
@@ -330,6 +331,13 @@ impl TestSystem {
         self.services.push(running);
         self.extra_schemas.extend([ledger_schema.clone(), intake_schema]);
         Twin { url, ledger_url: settings.twin.ledger_url, ledger_schema, level_urls: settings.twin.level_urls }
+    }
+
+    /// An approver's decision through the API: `{"decision": "approve", "reason": …}`.
+    pub async fn approve(&self, token: &str, reference: &str, reason: &str) -> reqwest::Response {
+        let body = serde_json::json!({"decision": "approve", "reason": reason});
+        let url = self.url(&format!("/api/approvals/{reference}"));
+        self.http.post(url).bearer_auth(token).json(&body).send().await.expect("the intake answers")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -442,7 +450,7 @@ impl TestSystem {
     fn schemas(&self) -> Vec<String> {
         let mut schemas =
             vec![self.settings.intake.database.schema.to_string(), self.settings.ledger.database.schema.to_string()];
-        for level in &self.settings.chain.levels {
+        for level in &self.settings.chain.names() {
             schemas.push(format!("{}{level}", self.settings.levels.database.schema));
         }
         schemas.extend(self.extra_schemas.iter().cloned());

@@ -162,7 +162,7 @@ fn announce_development(settings: &Settings) {
 async fn start_all(settings: Settings, stop: CancellationToken) -> anyhow::Result<Vec<Running>> {
     let mut running = vec![loanflow_bureau::start(settings.clone(), stop.clone()).await?];
     running.push(loanflow_ledger::start(settings.clone(), stop.clone()).await?);
-    for level in &settings.chain.levels {
+    for level in &settings.chain.names() {
         running.push(loanflow_level::start(settings.clone(), level, stop.clone()).await?.0);
     }
     let intake = loanflow_intake::start(settings, stop).await?;
@@ -248,7 +248,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         (settings.intake.database.clone(), loanflow_intake::SCHEMA),
         (settings.ledger.database.clone(), loanflow_ledger::SCHEMA),
     ];
-    for level in &settings.chain.levels {
+    for level in &settings.chain.names() {
         let database = settings.levels.database_for(level).map_err(anyhow::Error::msg)?;
         targets.push((database, loanflow_level::SCHEMA));
     }

@@ -21,7 +21,7 @@ const MAX_STATEMENTS_PER_APPLICATION: f64 = 4.0;
 
 fn total(system: &TestSystem) -> (u64, u64) {
     let mut services = vec!["intake".to_owned(), "ledger".to_owned()];
-    services.extend(system.settings.chain.levels.iter().cloned());
+    services.extend(system.settings.chain.names().iter().cloned());
     services
         .iter()
         .map(|s| Counters::of(&system.schema(s)))
@@ -59,7 +59,7 @@ async fn statements_per_application_stay_batched() {
     let statements = per_application(statements_after, statements);
     let transactions = per_application(transactions_after, transactions);
     println!("per application: {statements:.2} statements, {transactions:.2} explicit transactions");
-    for service in ["intake".to_owned(), "ledger".to_owned()].iter().chain(&system.settings.chain.levels) {
+    for service in ["intake".to_owned(), "ledger".to_owned()].iter().chain(&system.settings.chain.names()) {
         println!("  {service}: {} statements in all", Counters::of(&system.schema(service)).statements());
     }
     assert!(

@@ -241,7 +241,7 @@ async fn the_same_message_delivered_twice_is_decided_once() {
     conn.close(200, "bye".into()).await.unwrap();
     assert!(wait_until(Duration::from_secs(5), || async { system.queue_depth(&step_queue("kyc")).await == 2 }).await);
 
-    for level in system.settings.chain.levels.clone() {
+    for level in system.settings.chain.names() {
         system.start_level(&level).await;
     }
     system.wait_for_status(&reference, "approved", SETTLE_WITHIN).await;
@@ -276,7 +276,7 @@ async fn poison_messages_are_dead_lettered_at_once_and_the_line_moves_on() {
         "data": unknown_version,
     });
     let poisons: [Vec<u8>; 2] = [b"\xff\xfe not json".to_vec(), serde_json::to_vec(&unknown_version).unwrap()];
-    let mut queues: Vec<String> = system.settings.chain.levels.iter().map(|l| step_queue(l)).collect();
+    let mut queues: Vec<String> = system.settings.chain.names().iter().map(|l| step_queue(l)).collect();
     queues.push(step_queue("ledger"));
     queues.push(STATUS_QUEUE.to_owned());
 

@@ -60,15 +60,7 @@ async fn logs_carry_references_and_no_personal_data() {
         people.push((reference, body));
     }
     let (big, _) = &people[4];
-    let decided = system
-        .http
-        .post(system.url(&format!("/api/approvals/{big}")))
-        .bearer_auth(MANAGER_TOKEN)
-        .json(&json!({"decision": "approve", "reason": "income verified"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(decided.status(), 200);
+    assert_eq!(system.approve(MANAGER_TOKEN, big, "income verified").await.status(), 200);
     system.wait_for_status(big, "approved", Duration::from_secs(30)).await;
     system.shutdown().await;
 

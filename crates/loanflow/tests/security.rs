@@ -168,15 +168,7 @@ async fn the_ledger_books_only_what_the_chain_approved_whoever_publishes_the_mes
     assert_eq!(system.count("ledger", "loans", None).await, 0, "and neither was booked");
 
     // The real approval then books the real terms.
-    let approve = system
-        .http
-        .post(system.url(&format!("/api/approvals/{reference}")))
-        .bearer_auth(MANAGER_TOKEN)
-        .json(&json!({"decision": "approve", "reason": "verified income"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(approve.status(), 200);
+    assert_eq!(system.approve(MANAGER_TOKEN, &reference, "verified income").await.status(), 200);
     let approved = system.wait_for_status(&reference, "approved", Duration::from_secs(30)).await;
     assert_eq!(approved["offer"]["amount"], "60000.00");
     assert_eq!(approved["offer"]["term_months"], 36);
@@ -558,15 +550,7 @@ async fn messages_from_a_sender_that_may_not_send_them_are_refused() {
     assert!(error.contains("ACCESS_REFUSED"), "{error}");
 
     // The approver's decision through the intake still goes through.
-    let approve = system
-        .http
-        .post(system.url(&format!("/api/approvals/{reference}")))
-        .bearer_auth(MANAGER_TOKEN)
-        .json(&json!({"decision": "approve", "reason": "verified income"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(approve.status(), 200);
+    assert_eq!(system.approve(MANAGER_TOKEN, &reference, "verified income").await.status(), 200);
     let approved = system.wait_for_status(&reference, "approved", Duration::from_secs(30)).await;
     assert_eq!(approved["decisions"][3]["decided_by"], "approver:grace");
     system.shutdown().await;

@@ -114,7 +114,7 @@ async fn submission_is_answered_before_any_level_runs() {
     assert_eq!(status["decisions"], json!([]));
     assert_eq!(status["reference"], reference.as_str());
 
-    for level in system.settings.chain.levels.clone() {
+    for level in system.settings.chain.names() {
         system.start_level(&level).await;
     }
     let status = system.wait_for_status(&reference, "approved", FINAL_WITHIN).await;

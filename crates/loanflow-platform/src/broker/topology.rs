@@ -22,7 +22,7 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(settings: &Settings) -> Topology {
-        let mut steps = settings.chain.levels.clone();
+        let mut steps = settings.chain.names();
         steps.push(loanflow_domain::messages::LEDGER_STEP.to_owned());
         Topology {
             steps,

@@ -6,25 +6,20 @@
 //! progress at once lock rows alike and cannot deadlock. Each event is guarded by its
 //! sequence number, so the order of events across batches does not matter.
 
-use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
+use loanflow_domain::messages::{StatusEvent, StatusMessage};
 use loanflow_domain::Reference;
-use loanflow_platform::broker::{Batch, Disposition};
+use loanflow_platform::broker::{Answers, Batch, Disposition};
 use loanflow_platform::db::{blocking, PgPool};
 
 use crate::store;
 
 pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
-    let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
+    let mut answers = Answers::for_batch(&batch);
     // A message may carry the events of a whole batch of another service: each event
     // remembers the delivery it came in.
     let mut events: Vec<(usize, Reference, StatusEvent)> = Vec::with_capacity(batch.len());
-    for (index, incoming) in batch.iter().enumerate() {
-        match Envelope::<StatusMessage>::decode(&incoming.data) {
-            Ok(envelope) => {
-                events.extend(envelope.body.into_events(envelope.reference).into_iter().map(|(r, e)| (index, r, e)));
-            }
-            Err(e) => answers[index] = Some(Disposition::DeadLetter(e.to_string())),
-        }
+    for (index, envelope) in answers.decode::<StatusMessage>(&batch) {
+        events.extend(envelope.body.into_events(envelope.reference).into_iter().map(|(r, e)| (index, r, e)));
     }
     events.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()).then(a.2.seq.cmp(&b.2.seq)));
     let applied = blocking(&pool, move |conn| {
@@ -52,8 +47,8 @@ pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
             // (the events applied already are skipped by their sequence numbers), and
             // it is dead-lettered only if none of its events belongs to a known
             // application.
-            let mut known = vec![false; answers.len()];
-            let mut failed: Vec<Option<String>> = vec![None; answers.len()];
+            let mut known = vec![false; batch.len()];
+            let mut failed: Vec<Option<String>> = vec![None; batch.len()];
             for (index, applied) in applied {
                 match applied {
                     Ok(true) => known[index] = true,
@@ -61,21 +56,17 @@ pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
                     Err(e) => failed[index] = Some(e.to_string()),
                 }
             }
-            for (index, answer) in answers.iter_mut().enumerate().filter(|(_, a)| a.is_none()) {
-                *answer = Some(match (&failed[index], known[index]) {
-                    (Some(e), _) => Disposition::Retry(e.clone()),
-                    (None, true) => Disposition::Ack,
-                    (None, false) => Disposition::DeadLetter("status event for an unknown reference".into()),
-                });
-            }
+            answers.fill(|index| match (&failed[index], known[index]) {
+                (Some(e), _) => Disposition::Retry(e.clone()),
+                (None, true) => Disposition::Ack,
+                (None, false) => Disposition::DeadLetter("status event for an unknown reference".into()),
+            });
         }
         // No connection at all: the whole batch waits for the database.
         Err(e) => {
             tracing::warn!(error = %e, "status events not applied");
-            for answer in answers.iter_mut().filter(|a| a.is_none()) {
-                *answer = Some(Disposition::Retry(e.to_string()));
-            }
+            answers.fill(|_| Disposition::Retry(e.to_string()));
         }
     }
-    answers.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect()
+    answers.into_dispositions()
 }

@@ -15,13 +15,13 @@ use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
 
 use loanflow_domain::booking::bookable;
-use loanflow_domain::messages::{Envelope, StatusEvent, WorkItem, WorkMessage, LEDGER_STEP};
+use loanflow_domain::messages::{StatusEvent, WorkItem, WorkMessage, LEDGER_STEP};
 use loanflow_domain::rules::{Offer, UnderwritingPolicy};
 use loanflow_domain::{Reference, Status};
 use std::collections::HashSet;
 
 use loanflow_platform::broker::access::{self, Senders};
-use loanflow_platform::broker::{self, step_queue, Batch, Disposition, Publisher};
+use loanflow_platform::broker::{self, step_queue, Answers, Batch, Disposition, Publisher};
 use loanflow_platform::db::{self, blocking, DbError, PgPool};
 use loanflow_platform::service;
 use loanflow_platform::shutdown::Running;
@@ -68,30 +68,24 @@ pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Resul
 /// event in status messages of up to 32 events, their confirms awaited together. The `loans` primary key makes a
 /// redelivered booking a no-op, so the ledger needs no inbox of its own.
 async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publisher: Publisher) -> Vec<Disposition> {
-    let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
+    let mut answers = Answers::for_batch(&batch);
     let mut loans = Vec::new();
-    for (index, incoming) in batch.iter().enumerate() {
-        let envelope = match Envelope::<WorkMessage>::decode(&incoming.data) {
-            Ok(e) => e,
-            Err(e) => {
-                answers[index] = Some(Disposition::DeadLetter(e.to_string()));
-                continue;
-            }
-        };
+    for (index, envelope) in answers.decode::<WorkMessage>(&batch) {
+        let incoming = &batch[index];
         let reference = envelope.reference;
         let WorkMessage::V1(work) = envelope.body else {
-            answers[index] = Some(Disposition::DeadLetter("an approver's decision reached the ledger".into()));
+            answers.set(index, Disposition::DeadLetter("an approver's decision reached the ledger".into()));
             continue;
         };
         if let Err(why) = bookable(&work, &policy) {
             tracing::warn!(security_event = "booking_refused", %reference, %why, "loan not booked");
-            answers[index] = Some(Disposition::DeadLetter(why));
+            answers.set(index, Disposition::DeadLetter(why));
             continue;
         }
         loans.push((index, reference, work, incoming.is_last_attempt()));
     }
     if loans.is_empty() {
-        return answers.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect();
+        return answers.into_dispositions();
     }
     let to_book: Vec<(Reference, WorkItem)> = loans.iter().map(|(_, r, w, _)| (r.clone(), w.clone())).collect();
     let booked = blocking(&pool, move |conn| conn.transaction(|conn| insert_loans(conn, &to_book))).await;
@@ -103,9 +97,9 @@ async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publ
                 if last_attempt {
                     announce(&publisher, &reference, work.decisions.len(), Status::Failed, None).await.ok();
                 }
-                answers[index] = Some(Disposition::Retry(e.to_string()));
+                answers.set(index, Disposition::Retry(e.to_string()));
             }
-            return answers.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect();
+            return answers.into_dispositions();
         }
     };
     let mut events = Vec::new();
@@ -118,7 +112,7 @@ async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publ
             Booking::Conflict => {
                 tracing::warn!(security_event = "booking_refused", %reference, "a loan with other terms is booked under this reference");
                 let why = "a loan with other terms is already booked under this reference";
-                answers[index] = Some(Disposition::DeadLetter(why.into()));
+                answers.set(index, Disposition::DeadLetter(why.into()));
                 continue;
             }
         }
@@ -143,9 +137,9 @@ async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publ
         }
     };
     for index in announced {
-        answers[index] = Some(answer.clone());
+        answers.set(index, answer.clone());
     }
-    answers.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect()
+    answers.into_dispositions()
 }
 
 async fn announce(

@@ -19,11 +19,11 @@ use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
 
 use futures_util::future::join_all;
-use loanflow_domain::messages::{ApproverDecision, Envelope, RoutingSlip, StatusEvent, WorkItem, WorkMessage};
+use loanflow_domain::messages::{ApproverDecision, RoutingSlip, StatusEvent, WorkItem, WorkMessage};
 use loanflow_domain::rules::{self, LevelKind, ManagerVerdict, Verdict};
 use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
 use loanflow_platform::broker::access::{self, Senders};
-use loanflow_platform::broker::{self, step_queue, Batch, BrokerError, Disposition, Publisher};
+use loanflow_platform::broker::{self, step_queue, Answers, Batch, BrokerError, Disposition, Publisher};
 use loanflow_platform::db::{self, blocking, inbox, DbError, PgPool};
 use loanflow_platform::service;
 use loanflow_platform::settings::LevelsSettings;
@@ -211,29 +211,23 @@ impl Level {
     /// confirm is awaited. Each item still gets its own disposition.
     async fn handle_batch(&self, batch: Batch, publisher: Publisher) -> Vec<Disposition> {
         self.stats.largest_batch.fetch_max(batch.len() as u64, Ordering::Relaxed);
-        let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
+        let mut answers = Answers::for_batch(&batch);
         let mut items = Vec::new();
         let mut claims = Vec::new();
         let mut approvals = Vec::new();
-        for (index, incoming) in batch.iter().enumerate() {
-            let envelope = match Envelope::<WorkMessage>::decode(&incoming.data) {
-                Ok(e) => e,
-                Err(e) => {
-                    answers[index] = Some(Disposition::DeadLetter(e.to_string()));
-                    continue;
-                }
-            };
+        for (index, envelope) in answers.decode::<WorkMessage>(&batch) {
+            let incoming = &batch[index];
             let (reference, message_id) = (envelope.reference, envelope.message_id);
             // Also catches the same message twice in one batch.
             let Some(claim) = InFlight::claim(&self.in_flight, message_id) else {
-                answers[index] = Some(Disposition::Retry("the same message is being handled already".into()));
+                answers.set(index, Disposition::Retry("the same message is being handled already".into()));
                 continue;
             };
             claims.push(claim);
             match envelope.body {
                 WorkMessage::V1(work) if work.slip.current() != Some(self.name.as_str()) => {
                     let why = format!("message for step {:?} reached level {:?}", work.slip.current(), self.name);
-                    answers[index] = Some(Disposition::DeadLetter(why));
+                    answers.set(index, Disposition::DeadLetter(why));
                 }
                 WorkMessage::V1(work) => {
                     items.push(Item { index, reference, message_id, work, last_attempt: incoming.is_last_attempt() })
@@ -241,23 +235,25 @@ impl Level {
                 WorkMessage::ApprovalV1(_) if !self.deciders.allows(incoming.sender.as_deref()) => {
                     let sender = incoming.sender.as_deref().unwrap_or("nobody");
                     tracing::warn!(security_event = "decision_refused", %reference, %sender, "an approver's decision from a sender that may not send one");
-                    answers[index] =
-                        Some(Disposition::DeadLetter(format!("refused: {sender} may not send an approver's decision")));
+                    answers.set(
+                        index,
+                        Disposition::DeadLetter(format!("refused: {sender} may not send an approver's decision")),
+                    );
                 }
                 WorkMessage::ApprovalV1(decision) => approvals.push((index, reference, message_id, decision)),
             }
         }
         for (index, reference, message_id, decision) in approvals {
             let result = self.process_approval(&reference, message_id, decision, &publisher).await;
-            answers[index] = Some(self.disposition(result, &reference, false, None, &publisher).await);
+            answers.set(index, self.disposition(result, &reference, false, None, &publisher).await);
         }
         if !items.is_empty() {
             for (index, answer) in self.process_items(items, &publisher).await {
-                answers[index] = Some(answer);
+                answers.set(index, answer);
             }
         }
         drop(claims);
-        answers.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect()
+        answers.into_dispositions()
     }
 
     /// Work items through the inbox, the rule, the writes and the announcements.

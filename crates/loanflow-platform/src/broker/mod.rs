@@ -132,6 +132,50 @@ pub enum Disposition {
     Requeue,
 }
 
+/// A batch handler's answers, one per delivery, filled in as it decides. A delivery
+/// left without one is requeued (at once, without counting an attempt).
+#[derive(Debug)]
+pub struct Answers(Vec<Option<Disposition>>);
+
+impl Answers {
+    pub fn for_batch(batch: &[Incoming]) -> Answers {
+        Answers(vec![None; batch.len()])
+    }
+
+    pub fn set(&mut self, index: usize, disposition: Disposition) {
+        if let Some(answer) = self.0.get_mut(index) {
+            *answer = Some(disposition);
+        }
+    }
+
+    /// Every delivery's envelope, with its index; a delivery that does not decode is
+    /// dead-lettered with the reason (it never will).
+    pub fn decode<B>(&mut self, batch: &[Incoming]) -> Vec<(usize, loanflow_domain::messages::Envelope<B>)>
+    where
+        B: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let mut decoded = Vec::with_capacity(batch.len());
+        for (index, incoming) in batch.iter().enumerate() {
+            match loanflow_domain::messages::Envelope::<B>::decode(&incoming.data) {
+                Ok(envelope) => decoded.push((index, envelope)),
+                Err(e) => self.set(index, Disposition::DeadLetter(e.to_string())),
+            }
+        }
+        decoded
+    }
+
+    /// Answers every delivery still without one.
+    pub fn fill(&mut self, mut answer: impl FnMut(usize) -> Disposition) {
+        for (index, slot) in self.0.iter_mut().enumerate().filter(|(_, slot)| slot.is_none()) {
+            *slot = Some(answer(index));
+        }
+    }
+
+    pub fn into_dispositions(self) -> Vec<Disposition> {
+        self.0.into_iter().map(|a| a.unwrap_or(Disposition::Requeue)).collect()
+    }
+}
+
 pub(crate) fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
     match properties.headers().as_ref()?.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),

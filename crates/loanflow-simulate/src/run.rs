@@ -10,6 +10,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use indicatif::{ProgressBar, ProgressStyle};
+
 use crate::report::{percentiles, Report, Sample};
 use crate::scenario::{Profile, Scenario};
 
@@ -247,7 +249,14 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
 
     // Follow every application until it is final or time is up.
     let deadline = Duration::from_secs_f64(scenario.expect.all_final_within_s + 5.0);
-    let mut last_progress = Instant::now() - Duration::from_secs(1);
+    // Drawn on a terminal only (stderr), and cleared at the end: the table follows.
+    let progress = if options.progress {
+        let style = ProgressStyle::with_template("[{elapsed:>4}] {bar:20} {pos}/{len} final | {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        ProgressBar::new(scenario.arrivals.count as u64).with_style(style)
+    } else {
+        ProgressBar::hidden()
+    };
     loop {
         let (pending, done_submitting): (Vec<(usize, String)>, bool) = {
             let s = state.lock().expect("state");
@@ -300,20 +309,10 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
                 *counts.entry(key).or_insert(0) += 1;
             }
             timeline.push((start.elapsed().as_secs_f64(), counts.clone()));
-            if options.progress && last_progress.elapsed() >= Duration::from_millis(500) {
-                last_progress = Instant::now();
-                let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                let finished = s.tracked.iter().filter(|t| FINAL.contains(&t.status.as_str())).count();
-                eprintln!(
-                    "[{:>6.1}s] {} final {}/{} | submitted {} | {}",
-                    start.elapsed().as_secs_f64(),
-                    bar(finished, scenario.arrivals.count),
-                    finished,
-                    scenario.arrivals.count,
-                    s.tracked.len(),
-                    summary.join(" · ")
-                );
-            }
+            let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let finished = s.tracked.iter().filter(|t| FINAL.contains(&t.status.as_str())).count();
+            progress.set_position(finished as u64);
+            progress.set_message(format!("submitted {} | {}", s.tracked.len(), summary.join(" · ")));
             let all_final = s.tracked.iter().all(|t| FINAL.contains(&t.status.as_str()));
             if (done_submitting && all_final) || start.elapsed() > deadline {
                 break;
@@ -321,6 +320,7 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
+    progress.finish_and_clear();
     approvers_stop.notify_waiters();
     for task in approver_tasks {
         task.abort();
@@ -345,12 +345,6 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
     let mut failures = check(scenario, &report);
     failures.extend(fault_errors);
     Ok(Outcome { report, failures })
-}
-
-/// A 20-character progress bar: `[#########-----------]`.
-fn bar(done: usize, total: usize) -> String {
-    let filled = (done * 20).checked_div(total).unwrap_or(20).min(20);
-    format!("[{}{}]", "#".repeat(filled), "-".repeat(20 - filled))
 }
 
 fn summarise(scenario: &Scenario, s: &State, timeline: &[(f64, BTreeMap<String, usize>)], elapsed: f64) -> Report {

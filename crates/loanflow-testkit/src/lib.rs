@@ -17,6 +17,7 @@ use diesel::prelude::*;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use loanflow_domain::rules::LevelKind;
 use loanflow_level::LevelStats;
 use loanflow_platform::db::Identifier;
 use loanflow_platform::secret::{Secret, TokenHash};
@@ -128,6 +129,9 @@ impl TestSystem {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let vhost = format!("loanflow-test-{id}");
         create_vhost(&vhost).await?;
+        // Until the system exists (and its own drop takes over), a failure on the way
+        // still removes what was made.
+        let mut guard = StartGuard { vhost: vhost.clone(), id: id.clone(), armed: true };
         ensure_test_database().await?;
 
         let mut settings = Settings::defaults()?;
@@ -176,7 +180,7 @@ impl TestSystem {
             },
         ];
         if let Some(chain) = options.chain {
-            let kinds = chain.iter().map(|l| loanflow_domain::rules::LevelKind::from_name(l).context("a known level"));
+            let kinds = chain.iter().map(|l| LevelKind::from_name(l).context("a known level"));
             settings.chain.levels = kinds.collect::<anyhow::Result<_>>()?;
         }
         if let Some(seconds) = options.dead_letter_seconds {
@@ -206,6 +210,7 @@ impl TestSystem {
             format!("postgres://{}/{TEST_DATABASE}?sslmode=disable", intake_database.addr());
         let intake = loanflow_intake::start(intake_settings, stop.clone()).await?;
         let base_url = format!("http://{}", intake.addr.context("intake address")?);
+        guard.armed = false;
         let mut system = TestSystem {
             settings,
             intake_broker,
@@ -476,6 +481,33 @@ impl Drop for TestSystem {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 remove(&vhost, &broker, schemas).await;
             });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// What a test system that failed to start had made: its vhost, its broker users and
+/// its schemas, removed when the start gives up.
+struct StartGuard {
+    vhost: String,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(mut broker) = Settings::defaults().map(|s| s.broker) else { return };
+        broker.user_prefix = format!("t{}_", self.id);
+        broker.management_url = management_api();
+        let mut schemas = vec![format!("t{}_intake", self.id), format!("t{}_ledger", self.id)];
+        schemas.extend(LevelKind::ALL.iter().map(|kind| format!("t{}_level_{}", self.id, kind.name())));
+        let vhost = self.vhost.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(remove(&vhost, &broker, schemas));
         });
         let _ = cleanup.join();
     }

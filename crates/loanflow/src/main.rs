@@ -123,24 +123,27 @@ async fn main() -> anyhow::Result<()> {
         announce_development(&settings);
     }
     let stop = shutdown::on_signal();
+    let one = |name: &str, running: Running| vec![(name.to_owned(), running)];
     let running = match cli.command {
         Command::Migrate => return migrate(&settings).await,
         Command::Simulate { .. } | Command::Token => unreachable!("handled above: they need no configuration"),
         Command::Dlq { action } => return dlq(&settings, action).await,
-        Command::Intake => vec![loanflow_intake::start(settings, stop).await?],
-        Command::Bureau => vec![loanflow_bureau::start(settings, stop).await?],
-        Command::Ledger => vec![loanflow_ledger::start(settings, stop).await?],
-        Command::Level { name } => vec![loanflow_level::start(settings, &name, stop).await?.0],
-        Command::All => start_all(settings, stop).await?,
-        Command::Twin { service: TwinService::Intake } => vec![loanflow_intake::twin::start(settings, stop).await?],
-        Command::Twin { service: TwinService::Level { name } } => {
-            vec![loanflow_level::twin::start(settings, &name, stop).await?]
+        Command::Intake => one("intake", loanflow_intake::start(settings, stop.clone()).await?),
+        Command::Bureau => one("bureau", loanflow_bureau::start(settings, stop.clone()).await?),
+        Command::Ledger => one("ledger", loanflow_ledger::start(settings, stop.clone()).await?),
+        Command::Level { name } => one(&name, loanflow_level::start(settings, &name, stop.clone()).await?.0),
+        Command::All => start_all(settings, stop.clone()).await?,
+        Command::Twin { service: TwinService::Intake } => {
+            one("twin intake", loanflow_intake::twin::start(settings, stop.clone()).await?)
         }
-        Command::Twin { service: TwinService::Ledger } => vec![loanflow_ledger::twin::start(settings, stop).await?],
+        Command::Twin { service: TwinService::Level { name } } => {
+            one(&format!("twin {name}"), loanflow_level::twin::start(settings, &name, stop.clone()).await?)
+        }
+        Command::Twin { service: TwinService::Ledger } => {
+            one("twin ledger", loanflow_ledger::twin::start(settings, stop.clone()).await?)
+        }
     };
-    for service in running {
-        service.stopped().await;
-    }
+    shutdown::supervise(running, stop).await.map_err(anyhow::Error::msg)?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -159,17 +162,17 @@ fn announce_development(settings: &Settings) {
     tracing::warn!(security_event = "development_mode", "development mode: sandbox people with published tokens");
 }
 
-async fn start_all(settings: Settings, stop: CancellationToken) -> anyhow::Result<Vec<Running>> {
-    let mut running = vec![loanflow_bureau::start(settings.clone(), stop.clone()).await?];
-    running.push(loanflow_ledger::start(settings.clone(), stop.clone()).await?);
+async fn start_all(settings: Settings, stop: CancellationToken) -> anyhow::Result<Vec<(String, Running)>> {
+    let mut running = vec![("bureau".to_owned(), loanflow_bureau::start(settings.clone(), stop.clone()).await?)];
+    running.push(("ledger".to_owned(), loanflow_ledger::start(settings.clone(), stop.clone()).await?));
     for level in &settings.chain.names() {
-        running.push(loanflow_level::start(settings.clone(), level, stop.clone()).await?.0);
+        running.push((format!("level {level}"), loanflow_level::start(settings.clone(), level, stop.clone()).await?.0));
     }
     let intake = loanflow_intake::start(settings, stop).await?;
     if let Some(addr) = intake.addr {
         println!("loanflow is up: http://{addr}/  (API: http://{addr}/api/loans; Ctrl-C stops)");
     }
-    running.push(intake);
+    running.push(("intake".to_owned(), intake));
     Ok(running)
 }
 

@@ -68,6 +68,9 @@ enum Command {
     /// Prints a new random bearer token and the digest that configuration holds for it
     /// (`token_sha256` of an `[[intake.approvers]]` or `[[operators]]` entry).
     Token,
+    /// Prints the broker's setup (vhost, users without passwords, permissions, policy,
+    /// topology) as RabbitMQ definitions, for a deployment that imports them.
+    BrokerDefinitions,
     /// The dead-letter queue: list what is there, replay it.
     Dlq {
         #[command(subcommand)]
@@ -128,6 +131,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => return migrate(&settings).await,
         Command::Simulate { .. } | Command::Token => unreachable!("handled above: they need no configuration"),
         Command::Dlq { action } => return dlq(&settings, action).await,
+        Command::BrokerDefinitions => {
+            let definitions = loanflow_platform::broker::access::definitions(&settings);
+            println!("{}", serde_json::to_string_pretty(&definitions)?);
+            return Ok(());
+        }
         Command::Intake => one("intake", loanflow_intake::start(settings, stop.clone()).await?),
         Command::Bureau => one("bureau", loanflow_bureau::start(settings, stop.clone()).await?),
         Command::Ledger => one("ledger", loanflow_ledger::start(settings, stop.clone()).await?),

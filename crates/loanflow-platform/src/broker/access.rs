@@ -193,16 +193,7 @@ pub async fn provision(settings: &Settings) -> Result<(), ProvisionError> {
             json!({"exchange": WORK_EXCHANGE, "write": grant.work_routing_keys, "read": grant.work_binding_keys});
         api.put(&format!("topic-permissions/{encoded}/{user}"), topic).await?;
     }
-    // Dead letters hold personal data: the broker drops them after the retention. A
-    // policy, not a queue argument, so that changing it needs no redeclaration.
-    let ttl_ms = settings.retention.dead_letter_seconds.saturating_mul(1000);
-    let retention = json!({
-        "pattern": format!("^{}$", DEAD_LETTER_QUEUE.replace('.', "\\.")),
-        "apply-to": "queues",
-        "priority": 1,
-        "definition": {"message-ttl": ttl_ms},
-    });
-    api.put(&format!("policies/{encoded}/loanflow-dead-letter-retention"), retention).await?;
+    api.put(&format!("policies/{encoded}/{RETENTION_POLICY}"), retention_policy(settings)).await?;
     Ok(())
 }
 
@@ -213,6 +204,66 @@ pub async fn withdraw_administrator(settings: &Settings) -> Result<(), Provision
     let vhost = utf8_percent_encode(&vhost_of(&broker.url), NON_ALPHANUMERIC).to_string();
     let admin = utf8_percent_encode(&broker.management_user, NON_ALPHANUMERIC).to_string();
     Api::new(broker).delete(&format!("permissions/{vhost}/{admin}")).await
+}
+
+/// The broker's whole setup as RabbitMQ definitions, for a deployment that imports them
+/// (`rabbitmqctl import_definitions`, or the management API) instead of running
+/// `loanflow migrate`: the vhost, every service's user (without a password: set each
+/// from the secret store, `rabbitmqctl change_password`), their permissions and routing
+/// keys, the dead-letter retention policy, and the topology.
+pub fn definitions(settings: &Settings) -> serde_json::Value {
+    let broker = &settings.broker;
+    let vhost = vhost_of(&broker.url);
+    let grants = grants();
+    let users: Vec<_> = grants
+        .iter()
+        .map(|g| {
+            json!({"name": broker.user_of(&g.service), "password_hash": "",
+                        "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
+        })
+        .collect();
+    let permissions: Vec<_> = grants
+        .iter()
+        .map(|g| {
+            json!({"user": broker.user_of(&g.service), "vhost": vhost,
+                        "configure": g.configure, "write": g.write, "read": g.read})
+        })
+        .collect();
+    let topic_permissions: Vec<_> = grants
+        .iter()
+        .map(|g| {
+            json!({"user": broker.user_of(&g.service), "vhost": vhost, "exchange": WORK_EXCHANGE,
+                        "write": g.work_routing_keys, "read": g.work_binding_keys})
+        })
+        .collect();
+    let mut retention = retention_policy(settings);
+    retention["vhost"] = json!(vhost);
+    retention["name"] = json!(RETENTION_POLICY);
+    let (exchanges, queues, bindings) = super::Topology::new(settings).definitions(&vhost);
+    json!({
+        "vhosts": [{"name": vhost}],
+        "users": users,
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "policies": [retention],
+        "exchanges": exchanges,
+        "queues": queues,
+        "bindings": bindings,
+    })
+}
+
+const RETENTION_POLICY: &str = "loanflow-dead-letter-retention";
+
+/// Dead letters hold personal data: the broker drops them after the retention. A
+/// policy, not a queue argument, so that changing it needs no redeclaration.
+fn retention_policy(settings: &Settings) -> serde_json::Value {
+    let ttl_ms = settings.retention.dead_letter_seconds.saturating_mul(1000);
+    json!({
+        "pattern": format!("^{}$", DEAD_LETTER_QUEUE.replace('.', "\\.")),
+        "apply-to": "queues",
+        "priority": 1,
+        "definition": {"message-ttl": ttl_ms},
+    })
 }
 
 /// Deletes every service's user (a test's own, at its end).

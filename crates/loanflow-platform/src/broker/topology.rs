@@ -1,9 +1,13 @@
-//! The topology every service declares: exchanges, step queues, delay tiers, the
-//! status queue and the dead-letter queue (see the module above for the routes).
+//! The topology: exchanges, step queues, delay tiers, the status queue and the
+//! dead-letter queue (see the module above for the routes). Described once, as data
+//! ([`Topology::spec`]), which the setup step declares over AMQP and which
+//! `loanflow broker-definitions` writes as RabbitMQ definitions for a deployment that
+//! imports them instead.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
+use serde_json::{json, Value};
 
 use super::{
     retry_exchange, step_queue, BrokerError, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, STATUS_EXCHANGE, STATUS_QUEUE,
@@ -11,13 +15,52 @@ use super::{
 };
 use crate::settings::{QueueType, Settings};
 
-/// Everything the services declare.
+/// Everything the setup step declares.
 #[derive(Debug, Clone)]
 pub struct Topology {
     steps: Vec<String>,
     queue_type: QueueType,
     delivery_limit: u32,
     retry_tiers: Vec<u64>,
+}
+
+/// A queue argument's value, with the AMQP type it has always been declared with (a
+/// redeclaration with another integer type would be refused as inequivalent).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(String),
+    /// A count, declared as an unsigned 32-bit integer.
+    Count(u32),
+    /// Milliseconds, declared as a signed 64-bit integer.
+    Millis(i64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeSpec {
+    pub name: String,
+    /// `topic` or `fanout`.
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub arguments: Vec<(&'static str, Arg)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingSpec {
+    pub queue: String,
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+/// The topology as data: every exchange, queue (durable, with its arguments) and binding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub exchanges: Vec<ExchangeSpec>,
+    pub queues: Vec<QueueSpec>,
+    pub bindings: Vec<BindingSpec>,
 }
 
 impl Topology {
@@ -32,72 +75,121 @@ impl Topology {
         }
     }
 
-    fn queue_arguments(&self, dead_letter: bool) -> FieldTable {
-        let mut args = FieldTable::default();
+    fn queue_arguments(&self, dead_letter: bool) -> Vec<(&'static str, Arg)> {
+        let mut args = Vec::new();
         if self.queue_type == QueueType::Quorum {
             // Replicated across a cluster's nodes; on one node still durable and safe.
-            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-            args.insert("x-delivery-limit".into(), AMQPValue::LongUInt(self.delivery_limit));
+            args.push(("x-queue-type", Arg::Text("quorum".into())));
+            args.push(("x-delivery-limit", Arg::Count(self.delivery_limit)));
         }
         if dead_letter {
             // Messages the broker itself gives up on (delivery limit) are kept, not lost.
-            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()));
+            args.push(("x-dead-letter-exchange", Arg::Text(DEAD_LETTER_EXCHANGE.into())));
         }
         args
     }
 
-    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
-        // Durable exchanges and queues survive a broker restart.
-        let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
-        let durable_queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-        let empty = FieldTable::default;
+    pub fn spec(&self) -> Spec {
+        let exchange = |name: &str, kind| ExchangeSpec { name: name.to_owned(), kind };
+        let bind = |queue: &str, exchange: &str, key: &str| BindingSpec {
+            queue: queue.to_owned(),
+            exchange: exchange.to_owned(),
+            routing_key: key.to_owned(),
+        };
         // Topic, not direct, although bindings are exact step names: RabbitMQ applies
         // topic permissions (who may route work where) to topic exchanges only.
-        channel.exchange_declare(WORK_EXCHANGE.into(), ExchangeKind::Topic, durable_exchange, empty()).await?;
-        channel.exchange_declare(STATUS_EXCHANGE.into(), ExchangeKind::Fanout, durable_exchange, empty()).await?;
-        channel.exchange_declare(DEAD_LETTER_EXCHANGE.into(), ExchangeKind::Fanout, durable_exchange, empty()).await?;
-
-        channel.queue_declare(DEAD_LETTER_QUEUE.into(), durable_queue, self.queue_arguments(false)).await?;
-        channel
-            .queue_bind(
-                DEAD_LETTER_QUEUE.into(),
-                DEAD_LETTER_EXCHANGE.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                empty(),
-            )
-            .await?;
+        let mut exchanges = vec![
+            exchange(WORK_EXCHANGE, "topic"),
+            exchange(STATUS_EXCHANGE, "fanout"),
+            exchange(DEAD_LETTER_EXCHANGE, "fanout"),
+        ];
+        let mut queues = vec![QueueSpec { name: DEAD_LETTER_QUEUE.into(), arguments: self.queue_arguments(false) }];
+        let mut bindings = vec![bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "")];
         for step in &self.steps {
             let queue = step_queue(step);
-            channel.queue_declare(queue.as_str().into(), durable_queue, self.queue_arguments(true)).await?;
-            channel
-                .queue_bind(
-                    queue.into(),
-                    WORK_EXCHANGE.into(),
-                    step.as_str().into(),
-                    QueueBindOptions::default(),
-                    empty(),
-                )
-                .await?;
+            queues.push(QueueSpec { name: queue.clone(), arguments: self.queue_arguments(true) });
+            bindings.push(bind(&queue, WORK_EXCHANGE, step));
         }
         for delay in &self.retry_tiers {
             // Classic queues: a waiting room needs TTL and dead-lettering, not replication.
-            let name = retry_exchange(*delay);
-            let mut args = FieldTable::default();
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::try_from(*delay).unwrap_or(i64::MAX)));
             // "" is the default exchange: it routes the expired message by its routing
             // key, the name of the queue it came from.
-            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-            channel.exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable_exchange, empty()).await?;
-            channel.queue_declare(name.as_str().into(), durable_queue, args).await?;
+            let name = retry_exchange(*delay);
+            exchanges.push(exchange(&name, "fanout"));
+            let ttl = i64::try_from(*delay).unwrap_or(i64::MAX);
+            let arguments =
+                vec![("x-message-ttl", Arg::Millis(ttl)), ("x-dead-letter-exchange", Arg::Text(String::new()))];
+            queues.push(QueueSpec { name: name.clone(), arguments });
+            bindings.push(bind(&name, &name, ""));
+        }
+        queues.push(QueueSpec { name: STATUS_QUEUE.into(), arguments: self.queue_arguments(true) });
+        bindings.push(bind(STATUS_QUEUE, STATUS_EXCHANGE, ""));
+        Spec { exchanges, queues, bindings }
+    }
+
+    /// Declares everything, over AMQP (idempotent).
+    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let spec = self.spec();
+        // Durable exchanges and queues survive a broker restart.
+        let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        let durable_queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        for e in &spec.exchanges {
+            let kind = if e.kind == "topic" { ExchangeKind::Topic } else { ExchangeKind::Fanout };
+            channel.exchange_declare(e.name.as_str().into(), kind, durable_exchange, FieldTable::default()).await?;
+        }
+        for q in &spec.queues {
+            let mut args = FieldTable::default();
+            for (key, value) in &q.arguments {
+                let value = match value {
+                    Arg::Text(text) => AMQPValue::LongString(text.as_str().into()),
+                    Arg::Count(n) => AMQPValue::LongUInt(*n),
+                    Arg::Millis(n) => AMQPValue::LongLongInt(*n),
+                };
+                args.insert((*key).into(), value);
+            }
+            channel.queue_declare(q.name.as_str().into(), durable_queue, args).await?;
+        }
+        for b in &spec.bindings {
+            let (queue, exchange, key) = (b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str());
             channel
-                .queue_bind(name.as_str().into(), name.as_str().into(), "".into(), QueueBindOptions::default(), empty())
+                .queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
         }
-        channel.queue_declare(STATUS_QUEUE.into(), durable_queue, self.queue_arguments(true)).await?;
-        channel
-            .queue_bind(STATUS_QUEUE.into(), STATUS_EXCHANGE.into(), "".into(), QueueBindOptions::default(), empty())
-            .await?;
         Ok(())
+    }
+
+    /// The exchanges, queues and bindings of `vhost` in RabbitMQ's definitions format.
+    pub fn definitions(&self, vhost: &str) -> (Value, Value, Value) {
+        let spec = self.spec();
+        let exchanges = spec.exchanges.iter().map(|e| {
+            json!({"name": e.name, "vhost": vhost, "type": e.kind, "durable": true, "auto_delete": false,
+                   "internal": false, "arguments": {}})
+        });
+        let queues = spec.queues.iter().map(|q| {
+            let arguments: serde_json::Map<String, Value> = q
+                .arguments
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Arg::Text(text) => json!(text),
+                        Arg::Count(n) => json!(n),
+                        Arg::Millis(n) => json!(n),
+                    };
+                    ((*k).to_owned(), v)
+                })
+                .collect();
+            json!({"name": q.name, "vhost": vhost, "durable": true, "auto_delete": false, "arguments": arguments})
+        });
+        let bindings = spec.bindings.iter().map(|b| {
+            json!({"source": b.exchange, "vhost": vhost, "destination": b.queue, "destination_type": "queue",
+                   "routing_key": b.routing_key, "arguments": {}})
+        });
+        (Value::from_iter(exchanges), Value::from_iter(queues), Value::from_iter(bindings))
     }
 }

@@ -1,0 +1,73 @@
+//! Deployment files, checked here: the RabbitMQ definitions in `deploy/rabbitmq/` are
+//! what `loanflow broker-definitions` generates, and they import into a broker.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use serde_json::Value;
+
+use loanflow_platform::broker::access;
+use loanflow_platform::Settings;
+
+const API: &str = "http://127.0.0.1:15672/api";
+
+fn committed() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/rabbitmq/definitions.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_committed_broker_definitions_are_the_generated_ones() {
+    let generated = access::definitions(&Settings::defaults().unwrap());
+    assert_eq!(
+        committed(),
+        generated,
+        "deploy/rabbitmq/definitions.json is out of date: run `loanflow broker-definitions > deploy/rabbitmq/definitions.json`"
+    );
+}
+
+#[tokio::test]
+async fn the_broker_definitions_import_into_a_scratch_vhost() {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let mut settings = Settings::defaults().unwrap();
+    settings.broker.url = format!("amqp://127.0.0.1:5672/loanflow-definitions-{id}");
+    settings.broker.user_prefix = format!("d{id}_");
+    let vhost = access::vhost_of(&settings.broker.url);
+    let definitions = access::definitions(&settings);
+    let http = reqwest::Client::new();
+    let imported = http.post(format!("{API}/definitions")).basic_auth("guest", Some("guest")).json(&definitions).send();
+    let status = imported.await.unwrap().status();
+
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let answer = http.get(format!("{API}/{path}")).basic_auth("guest", Some("guest")).send().await.unwrap();
+            answer.json::<Value>().await.unwrap()
+        }
+    };
+    let queues = get(format!("queues/{vhost}")).await;
+    let permissions = get(format!("vhosts/{vhost}/permissions")).await;
+    let policies = get(format!("policies/{vhost}")).await;
+    // Clean up before asserting, so that a failure leaves nothing behind.
+    let _ = http.delete(format!("{API}/vhosts/{vhost}")).basic_auth("guest", Some("guest")).send().await;
+    for grant in access::grants() {
+        let user = settings.broker.user_of(&grant.service);
+        let _ = http.delete(format!("{API}/users/{user}")).basic_auth("guest", Some("guest")).send().await;
+    }
+
+    assert!(status.is_success(), "import answered {status}");
+    let declared: Vec<(&str, &str)> = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["name"].as_str().unwrap(), q["type"].as_str().unwrap_or("classic")))
+        .collect();
+    assert_eq!(declared.len(), definitions["queues"].as_array().unwrap().len(), "{declared:?}");
+    assert!(
+        declared.contains(&("loanflow.step.kyc", "quorum")) && declared.contains(&("loanflow.dead-letters", "quorum"))
+    );
+    // Creating the vhost grants the importing administrator too; every service user has its own.
+    let prefix = settings.broker.user_prefix.clone();
+    let services = permissions.as_array().unwrap().iter().filter(|p| p["user"].as_str().unwrap().starts_with(&prefix));
+    assert_eq!(services.count(), access::grants().len(), "every service user has its permissions");
+    assert_eq!(policies[0]["definition"]["message-ttl"], 1_209_600_000_u64, "dead letters kept 14 days");
+}

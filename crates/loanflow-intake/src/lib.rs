@@ -133,6 +133,7 @@ fn serve(
                     .add(("Referrer-Policy", "same-origin")),
             )
             .default_service(web::to(api::not_found))
+            .wrap(actix_web::middleware::from_fn(loanflow_platform::metrics::http))
     })
     .workers(settings.intake.workers.max(1))
     .max_connections(settings.intake.max_connections.max(1))

@@ -372,6 +372,9 @@ impl Level {
                 };
                 let (event, next) = Self::decided(&mut work, decision);
                 tracing::info!(level = %self.name, %reference, outcome = verdict.outcome.as_str(), "decided");
+                let (level, outcome) = (self.name.clone(), verdict.outcome.as_str());
+                metrics::counter!(loanflow_platform::metrics::DECISIONS, "level" => level, "outcome" => outcome)
+                    .increment(1);
                 if let Some(slip) = next {
                     work.slip = slip;
                     outcomes.forwards.push((reference.clone(), work));

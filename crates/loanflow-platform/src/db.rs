@@ -331,7 +331,9 @@ where
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
+        let waited = std::time::Instant::now();
         let mut conn = pool.get()?;
+        metrics::histogram!(crate::metrics::POOL_WAIT).record(waited.elapsed().as_secs_f64());
         CONNECTION_LOST.with(|lost| lost.set(false));
         let result = work(&mut conn);
         if CONNECTION_LOST.with(|lost| lost.get()) {

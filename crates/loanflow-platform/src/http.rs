@@ -32,13 +32,15 @@ where
 {
     let listener = TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
-    let server = HttpServer::new(move || App::new().configure(configure.clone()))
-        .workers(workers.max(1))
-        // Signals are handled once, by the process, through the shutdown token.
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new().wrap(actix_web::middleware::from_fn(crate::metrics::http)).configure(configure.clone())
+    })
+    .workers(workers.max(1))
+    // Signals are handled once, by the process, through the shutdown token.
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     tasks.spawn(async move {
         if let Err(e) = server.await {

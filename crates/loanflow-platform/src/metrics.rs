@@ -9,7 +9,11 @@
 //! (`loanflow_consumer_handling_seconds`), deliveries by outcome
 //! (`loanflow_consumer_deliveries_total`); and for every publish, the wait for the
 //! broker's confirm (`loanflow_publish_confirm_seconds`); and whether each part of a
-//! service is up (`loanflow_health_part_up`, labelled by `part`).
+//! service is up (`loanflow_health_part_up`, labelled by `part`). Every HTTP server
+//! counts and times its requests (`loanflow_http_requests_total`,
+//! `loanflow_http_request_duration_seconds`, by method, route pattern and status); levels
+//! count their decisions (`loanflow_decisions_total`, by level and outcome); every pool
+//! times the wait for a connection (`loanflow_db_pool_wait_seconds`).
 
 use std::sync::OnceLock;
 
@@ -20,6 +24,14 @@ pub const QUEUE_WAIT: &str = "loanflow_consumer_queue_wait_seconds";
 pub const HANDLING: &str = "loanflow_consumer_handling_seconds";
 pub const DELIVERIES: &str = "loanflow_consumer_deliveries_total";
 pub const CONFIRM_WAIT: &str = "loanflow_publish_confirm_seconds";
+/// Requests by method, route (its pattern, not the path: no reference in a label) and
+/// status, and how long they took.
+pub const HTTP_REQUESTS: &str = "loanflow_http_requests_total";
+pub const HTTP_DURATION: &str = "loanflow_http_request_duration_seconds";
+/// Decisions made, by level and outcome.
+pub const DECISIONS: &str = "loanflow_decisions_total";
+/// How long work waited for a pooled database connection.
+pub const POOL_WAIT: &str = "loanflow_db_pool_wait_seconds";
 /// 1 while a part of a service (a consumer, the relay, the database) is up, else 0.
 pub const HEALTH_PART_UP: &str = "loanflow_health_part_up";
 
@@ -50,4 +62,22 @@ pub fn install() {
 pub fn render() -> String {
     install();
     HANDLE.get().and_then(Option::as_ref).map(PrometheusHandle::render).unwrap_or_default()
+}
+
+/// Counts and times every request of the app it wraps
+/// (`App::new().wrap(actix_web::middleware::from_fn(metrics::http))`).
+pub async fn http(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    install();
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
+    let response = next.call(req).await?;
+    let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    Ok(response)
 }

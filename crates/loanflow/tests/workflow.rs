@@ -241,3 +241,28 @@ async fn a_status_event_carries_the_decisions_so_far_so_a_missed_event_loses_not
     assert_eq!(status["current_level"], "underwriting");
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_counts_its_requests_decisions_and_pool_waits() {
+    let system = TestSystem::start().await;
+    let reference = system.submit_ok(&application(720)).await;
+    system.wait_for_status(&reference, "approved", Duration::from_secs(30)).await;
+    let metrics = |url: String| {
+        let http = system.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let intake = metrics(system.url("/metrics")).await;
+    for expected in [
+        r#"loanflow_http_requests_total{method="POST",route="/api/loans",status="202"}"#,
+        r#"loanflow_http_request_duration_seconds_bucket{method="GET",route="/api/loans/{reference}""#,
+        "loanflow_db_pool_wait_seconds_count",
+        // Present (its value is this process's last intake's: tests run many at once).
+        r#"loanflow_health_part_up{part="database"}"#,
+    ] {
+        assert!(intake.contains(expected), "{expected} in the intake's /metrics");
+    }
+    assert!(!intake.contains(&reference), "no reference in a label: routes are patterns");
+    let level = metrics(format!("{}/metrics", system.level_health_urls()[0])).await;
+    assert!(level.contains(r#"loanflow_decisions_total{level="kyc",outcome="approved"}"#), "decisions by level");
+    system.shutdown().await;
+}

@@ -15,8 +15,9 @@ use serde_json::{json, Value};
 
 use loanflow_domain::application::{MAX_TERM_MONTHS, MIN_TERM_MONTHS};
 use loanflow_domain::Reference;
+use loanflow_platform::secret::new_token;
 
-use super::{not_found_page, page, random_hex};
+use super::{not_found_page, page};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -241,7 +242,7 @@ fn render(values: &HashMap<String, String>, errors: &BTreeMap<String, String>, k
 }
 
 pub(super) async fn home() -> HttpResponse {
-    page(StatusCode::OK, "Apply for a loan", render(&HashMap::new(), &BTreeMap::new(), &random_hex(16)))
+    page(StatusCode::OK, "Apply for a loan", render(&HashMap::new(), &BTreeMap::new(), &new_token()))
 }
 
 /// The form's fields as the API's JSON body.
@@ -278,7 +279,7 @@ pub(super) async fn submit(
             .insert_header((header::LOCATION, format!("/loans/{reference}?submitted=1")))
             .finish()),
         Err(ApiError::Validation(errors)) => {
-            let key = key.unwrap_or_else(|| random_hex(16));
+            let key = key.unwrap_or_else(new_token);
             Ok(page(StatusCode::UNPROCESSABLE_ENTITY, "Please check your application", render(&form, &errors, &key)))
         }
         Err(e) => Err(e),

@@ -9,7 +9,6 @@ use actix_web::http::header::ContentType;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use maud::{html, Markup, DOCTYPE};
-use rand::RngCore;
 
 mod form;
 mod inbox;
@@ -36,12 +35,6 @@ async fn css() -> HttpResponse {
 
 async fn js() -> HttpResponse {
     HttpResponse::Ok().content_type("text/javascript; charset=utf-8").body(include_str!("../../static/app.js"))
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Every page's frame around `body`.

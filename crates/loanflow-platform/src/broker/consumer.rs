@@ -40,11 +40,12 @@ use crate::settings::{RetrySettings, Settings};
 /// The deliveries of one batch, as the handler sees them, in delivery order.
 pub type Batch = Vec<Incoming>;
 
-/// Deliveries this process's consumers hold unacknowledged, by vhost and channel.
-fn holding() -> &'static std::sync::Mutex<std::collections::HashMap<String, std::collections::HashMap<Uuid, usize>>> {
-    static HOLDING: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<String, std::collections::HashMap<Uuid, usize>>>,
-    > = std::sync::OnceLock::new();
+/// Deliveries held unacknowledged, by vhost, then by channel.
+type Holding = std::sync::Mutex<std::collections::HashMap<String, std::collections::HashMap<Uuid, usize>>>;
+
+/// What this process's consumers hold.
+fn holding() -> &'static Holding {
+    static HOLDING: std::sync::OnceLock<Holding> = std::sync::OnceLock::new();
     HOLDING.get_or_init(Default::default)
 }
 

@@ -19,6 +19,10 @@ use crate::status::{Decision, Status};
 /// The name of the step that books an approved loan; it always closes the slip.
 pub const LEDGER_STEP: &str = "ledger";
 
+/// The routing key of an applicant's withdrawal on the work exchange: it goes to the
+/// ledger, which alone can say whether a loan was booked before it.
+pub const WITHDRAWAL_ROUTE: &str = "withdrawal";
+
 /// Namespace of the derived (v5) message ids.
 const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c6f_616e_666c_6f77_0000_0000_0000_0001);
 
@@ -114,6 +118,38 @@ pub struct ApproverDecision {
     /// The approver's name (shown as `approver:<name>`).
     pub approver: String,
     pub decided_at: DateTime<Utc>,
+    /// Under dual control, the approvals given before this one, by other approvers, in
+    /// the order given; they are recorded before it. Absent from a single approval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<EarlierApproval>,
+}
+
+/// An approval given before the decision that carries it (dual control).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlierApproval {
+    pub approver: String,
+    pub reason: String,
+    pub decided_at: DateTime<Utc>,
+}
+
+/// The applicant withdraws the application, sent by the intake to the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    pub reason: Option<String>,
+    pub requested_at: DateTime<Utc>,
+}
+
+impl Withdrawal {
+    /// The timeline's entry for a withdrawal the ledger recorded.
+    pub fn decision(&self) -> Decision {
+        Decision {
+            level: "applicant".to_owned(),
+            outcome: crate::status::Outcome::Withdrawn,
+            reason: self.reason.clone().unwrap_or_else(|| "withdrawn by the applicant".to_owned()),
+            decided_by: crate::status::DecidedBy::Applicant,
+            decided_at: self.requested_at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +159,8 @@ pub enum WorkMessage {
     V1(WorkItem),
     #[serde(rename = "loan.approval.v1")]
     ApprovalV1(ApproverDecision),
+    #[serde(rename = "loan.withdrawal.v1")]
+    WithdrawalV1(Withdrawal),
 }
 
 /// The synchronous twin's answer from a level (`POST /api/steps/{level}`): the same
@@ -201,6 +239,24 @@ impl StatusEvent {
             status,
             current_level,
             decision: None,
+            offer: None,
+            occurred_at,
+            score: None,
+            decisions: Vec::new(),
+        }
+    }
+
+    /// The sequence number of the withdrawn event, and of its timeline entry: after any
+    /// decision, so that it is listed last and no earlier progress overtakes it.
+    pub const WITHDRAWN_SEQ: u32 = 1 << 30;
+
+    /// The ledger recorded the withdrawal: the application will never be booked.
+    pub fn withdrawn(withdrawal: &Withdrawal, occurred_at: DateTime<Utc>) -> StatusEvent {
+        StatusEvent {
+            seq: StatusEvent::WITHDRAWN_SEQ,
+            status: Status::Withdrawn,
+            current_level: None,
+            decision: Some(withdrawal.decision()),
             offer: None,
             occurred_at,
             score: None,

@@ -252,11 +252,29 @@ pub fn underwriting(app: &Application, score: u16, policy: &UnderwritingPolicy) 
 pub struct ManagerPolicy {
     /// Amounts at or below this are approved automatically; above it a person decides.
     pub threshold: Money,
+    /// Above this, two different approvers must approve (four eyes).
+    pub dual_control_threshold: Money,
+    /// An application waiting for a person longer than this is escalated (`"4h"`).
+    #[serde(with = "humantime_serde")]
+    pub escalate_after: std::time::Duration,
 }
 
 impl Default for ManagerPolicy {
     fn default() -> Self {
-        ManagerPolicy { threshold: Money::from_decimal(Decimal::new(50_000, 0)) }
+        ManagerPolicy {
+            threshold: Money::from_decimal(Decimal::new(50_000, 0)),
+            dual_control_threshold: Money::from_decimal(Decimal::new(250_000, 0)),
+            escalate_after: std::time::Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+/// How many different approvers must approve an application waiting at a human level.
+pub fn approvals_needed(app: &Application, policy: &ManagerPolicy) -> usize {
+    if app.amount > policy.dual_control_threshold {
+        2
+    } else {
+        1
     }
 }
 
@@ -410,6 +428,15 @@ mod tests {
         let no_income = app("SBX800", date(1990, 1, 1), "0", "0", "1000", 12);
         let found = underwriting(&no_income, 800, &UnderwritingPolicy::default());
         assert_eq!(found.verdict.outcome, Outcome::Rejected);
+    }
+
+    #[test]
+    fn two_approvers_are_needed_above_the_dual_control_threshold_only() {
+        let policy = ManagerPolicy::default();
+        let at = Application { amount: "250000".parse().unwrap(), ..adult("SBX720") };
+        let above = Application { amount: "250000.01".parse().unwrap(), ..adult("SBX720") };
+        assert_eq!(approvals_needed(&at, &policy), 1);
+        assert_eq!(approvals_needed(&above, &policy), 2);
     }
 
     #[test]

@@ -56,31 +56,47 @@ impl fmt::Display for Status {
     }
 }
 
+/// What an entry of an application's timeline says. A level decides `approved` or
+/// `rejected`; the applicant's withdrawal and an escalation of a waiting application
+/// are entries of the timeline too, though no level decided them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Approved,
     Rejected,
+    Withdrawn,
+    Escalated,
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 4] = [Outcome::Approved, Outcome::Rejected, Outcome::Withdrawn, Outcome::Escalated];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Approved => "approved",
             Outcome::Rejected => "rejected",
+            Outcome::Withdrawn => "withdrawn",
+            Outcome::Escalated => "escalated",
         }
     }
 
     pub fn parse(s: &str) -> Option<Outcome> {
-        [Outcome::Approved, Outcome::Rejected].into_iter().find(|o| o.as_str() == s)
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    /// Whether a level (a rule or a person) can come to this: approve or reject.
+    pub fn is_verdict(self) -> bool {
+        matches!(self, Outcome::Approved | Outcome::Rejected)
     }
 }
 
-/// Who decided: a rule (`auto`) or a named person (`approver:<name>`).
+/// Who decided: a rule (`auto`), a named person (`approver:<name>`), or the applicant
+/// (`applicant`, withdrawing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DecidedBy {
     Auto,
+    Applicant,
     Approver(String),
 }
 
@@ -89,6 +105,7 @@ impl TryFrom<String> for DecidedBy {
     fn try_from(value: String) -> Result<Self, Self::Error> {
         match value.as_str() {
             "auto" => Ok(DecidedBy::Auto),
+            "applicant" => Ok(DecidedBy::Applicant),
             other => match other.strip_prefix("approver:") {
                 Some(name) if !name.is_empty() => Ok(DecidedBy::Approver(name.to_owned())),
                 _ => Err(format!("unknown decider {other:?}")),
@@ -101,6 +118,7 @@ impl From<DecidedBy> for String {
     fn from(value: DecidedBy) -> Self {
         match value {
             DecidedBy::Auto => "auto".to_owned(),
+            DecidedBy::Applicant => "applicant".to_owned(),
             DecidedBy::Approver(name) => format!("approver:{name}"),
         }
     }
@@ -140,6 +158,10 @@ mod tests {
         let by: DecidedBy = serde_json::from_str("\"approver:grace\"").unwrap();
         assert_eq!(by, DecidedBy::Approver("grace".into()));
         assert_eq!(String::from(DecidedBy::Auto), "auto");
+        assert_eq!(serde_json::from_str::<DecidedBy>("\"applicant\"").unwrap(), DecidedBy::Applicant);
+        for outcome in Outcome::ALL {
+            assert_eq!(Outcome::parse(outcome.as_str()), Some(outcome));
+        }
         assert!(serde_json::from_str::<DecidedBy>("\"approver:\"").is_err());
         assert!(serde_json::from_str::<DecidedBy>("\"robot\"").is_err());
     }

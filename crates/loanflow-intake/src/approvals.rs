@@ -4,17 +4,18 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use serde::Serialize;
 use serde_json::Value;
 
 use loanflow_domain::application::{Currency, EmploymentStatus, Purpose};
 use loanflow_domain::messages::{ApproverDecision, Envelope, WorkMessage};
 use loanflow_domain::{Application, Decision, Money, Outcome, Reference, Status};
+use loanflow_platform::audit::{self, Act};
 use loanflow_platform::broker::WORK_EXCHANGE;
 use loanflow_platform::db::{blocking, DbError};
 use loanflow_platform::settings::ApproverSettings;
 
+use crate::cases;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{self, OutboxMessage, Waiting};
@@ -42,6 +43,28 @@ pub fn authenticate(approvers: &[ApproverSettings], token: &str) -> Option<Appro
     found
 }
 
+/// A failed approver authentication (a missing or unknown token, on the API or the
+/// sign-in page), counted towards the per-address limit and written to the audit trail.
+/// The audit row is written beside the request, not in its way: the answer (401 or 429)
+/// does not wait for it.
+pub fn failed_sign_in(state: &AppState, req: &actix_web::HttpRequest) -> ApiError {
+    let answer = state.limits.failed_authentication(req);
+    let client = state.limits.client(req).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let (pool, now) = (state.pool.clone(), state.clock.now());
+    tokio::spawn(async move {
+        let actor = format!("client:{client}");
+        let written = blocking(&pool, move |conn| {
+            let act = Act { actor: &actor, action: "sign_in_failed", reference: None, detail: serde_json::json!({}) };
+            audit::record(conn, &act, now)
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "a failed sign-in could not be written to the audit trail");
+        }
+    });
+    answer
+}
+
 /// The approver of that name as configured now (a session outlives no removal).
 pub fn by_name(approvers: &[ApproverSettings], name: &str) -> Option<Approver> {
     approvers.iter().find(|a| a.name == name).map(|a| Approver { name: a.name.clone(), levels: a.levels.clone() })
@@ -62,17 +85,24 @@ pub struct InboxItem {
     pub employment_status: EmploymentStatus,
     pub score: Option<i32>,
     pub waiting_since: String,
+    /// When it is (or was) due for escalation.
+    pub due_at: String,
+    pub escalated: bool,
+    pub claimed_by: Option<String>,
+    pub claimed_until: Option<String>,
     pub decisions: Vec<Decision>,
 }
 
-impl TryFrom<Waiting> for InboxItem {
-    type Error = DbError;
-
+impl InboxItem {
     /// The stored application was validated when it was submitted; one that no longer
     /// reads is corrupt, not something to show half of.
-    fn try_from(w: Waiting) -> Result<Self, DbError> {
+    fn new(w: Waiting, escalate_after: chrono::Duration) -> Result<Self, DbError> {
         let a: Application = serde_json::from_value(w.application)
             .map_err(|e| DbError::Corrupt(format!("stored application {}: {e}", w.reference)))?;
+        let (claimed_by, claimed_until) = match w.claim {
+            Some((name, until)) => (Some(format!("approver:{name}")), Some(crate::status::timestamp(until))),
+            None => (None, None),
+        };
         Ok(InboxItem {
             reference: w.reference,
             level: w.level,
@@ -86,6 +116,10 @@ impl TryFrom<Waiting> for InboxItem {
             employment_status: a.applicant.employment_status,
             score: w.score,
             waiting_since: crate::status::timestamp(w.waiting_since),
+            due_at: crate::status::timestamp(w.waiting_since + escalate_after),
+            escalated: w.escalated_at.is_some(),
+            claimed_by,
+            claimed_until,
             decisions: w.decisions,
         })
     }
@@ -102,8 +136,10 @@ pub fn levels_for(approver: &Approver, asked: Option<&str>) -> Result<Vec<String
 }
 
 pub async fn inbox(state: &AppState, levels: Vec<String>) -> Result<Vec<InboxItem>, ApiError> {
-    let waiting = blocking(&state.pool, move |conn| store::waiting_at(conn, &levels)).await?;
-    let items: Result<Vec<InboxItem>, DbError> = waiting.into_iter().map(InboxItem::try_from).collect();
+    let now = state.clock.now();
+    let waiting = blocking(&state.pool, move |conn| store::waiting_at(conn, &levels, now)).await?;
+    let after = state.escalate_after();
+    let items: Result<Vec<InboxItem>, DbError> = waiting.into_iter().map(|w| InboxItem::new(w, after)).collect();
     Ok(items?)
 }
 
@@ -137,7 +173,8 @@ pub fn parse_decision(body: &Value) -> Result<(Outcome, String), ApiError> {
     }
 }
 
-/// Hands an approver's decision to the level the application waits at.
+/// An approver's decision on a case: handed to the level the application waits at, or,
+/// when dual control needs another approval, recorded while the case keeps waiting.
 #[tracing::instrument(name = "approvals.decide", skip_all, fields(reference = %reference, approver = %approver.name))]
 pub async fn decide(
     state: &AppState,
@@ -147,42 +184,83 @@ pub async fn decide(
     reason: String,
 ) -> Result<Accepted, ApiError> {
     let reference = Reference::parse(reference).map_err(|_| ApiError::NotFound)?;
-    let lookup = reference.clone();
-    let view = blocking(&state.pool, move |conn| store::load_status(conn, &lookup)).await?.ok_or(ApiError::NotFound)?;
-    if view.status != Status::AwaitingApprover {
-        return Err(ApiError::NotAwaitingDecision);
-    }
-    let level = view.current_level.unwrap_or_default();
-    if !approver.levels.contains(&level) {
-        return Err(ApiError::Forbidden);
-    }
-    let now = Utc::now();
-    let decision =
-        ApproverDecision { level: level.clone(), outcome, reason, approver: approver.name.clone(), decided_at: now };
-    let envelope =
-        Envelope::new(reference.clone(), &format!("approval/{level}"), now, WorkMessage::ApprovalV1(decision));
-    let message = OutboxMessage {
-        reference: reference.clone(),
-        message_id: envelope.message_id,
-        exchange: WORK_EXCHANGE.to_owned(),
-        routing_key: level.clone(),
-        payload: envelope.encode(),
+    let now = state.clock.now();
+    let (key, who, policy) = (reference.clone(), approver.clone(), state.manager.clone());
+    let decided = blocking(&state.pool, move |conn| {
+        let decision = cases::Decision { approver: &who, outcome, reason: reason.clone(), now };
+        Ok(cases::decide(conn, &key, &decision, &policy, |level, earlier| {
+            let decision = ApproverDecision {
+                level: level.to_owned(),
+                outcome,
+                reason: reason.clone(),
+                approver: who.name.clone(),
+                decided_at: now,
+                earlier,
+            };
+            let envelope =
+                Envelope::new(key.clone(), &format!("approval/{level}"), now, WorkMessage::ApprovalV1(decision));
+            OutboxMessage {
+                reference: key.clone(),
+                message_id: envelope.message_id,
+                exchange: WORK_EXCHANGE.to_owned(),
+                routing_key: level.to_owned(),
+                payload: envelope.encode(),
+            }
+        }))
+    })
+    .await??;
+    let (level, status) = match decided {
+        cases::Decided::Handed { level } => {
+            state.relay_wake.notify_one();
+            (level, Status::InReview)
+        }
+        cases::Decided::Recorded { level } => (level, Status::AwaitingApprover),
     };
-    let key = reference.clone();
-    let step = level.clone();
-    if !blocking(&state.pool, move |conn| store::request_decision(conn, &key, &step, &message)).await? {
-        // Someone else decided it a moment ago.
-        return Err(ApiError::NotAwaitingDecision);
-    }
-    state.relay_wake.notify_one();
-    tracing::info!(outcome = outcome.as_str(), "approver decision accepted");
+    tracing::info!(
+        outcome = outcome.as_str(),
+        waiting = (status == Status::AwaitingApprover),
+        "approver decision accepted"
+    );
     Ok(Accepted {
         reference: reference.into(),
         level,
         decision: if outcome == Outcome::Approved { "approve" } else { "reject" },
         decided_by: format!("approver:{}", approver.name),
-        status: Status::InReview,
+        status,
     })
+}
+
+/// What a claim answers.
+#[derive(Debug, Serialize)]
+pub struct Claimed {
+    pub reference: String,
+    pub claimed_by: String,
+    pub claimed_until: String,
+}
+
+/// Claims (or renews) a case for `approver`, for `intake.claim_minutes`.
+#[tracing::instrument(name = "approvals.claim", skip_all, fields(reference = %reference, approver = %approver.name))]
+pub async fn claim(state: &AppState, approver: &Approver, reference: &str) -> Result<Claimed, ApiError> {
+    let reference = Reference::parse(reference).map_err(|_| ApiError::NotFound)?;
+    let now = state.clock.now();
+    let until = now + state.claim_for;
+    let (key, who) = (reference.clone(), approver.clone());
+    let claim = blocking(&state.pool, move |conn| Ok(cases::claim(conn, &key, &who, now, until))).await??;
+    Ok(Claimed {
+        reference: reference.into(),
+        claimed_by: claim.claimed_by,
+        claimed_until: crate::status::timestamp(claim.claimed_until),
+    })
+}
+
+/// Releases `approver`'s claim on a case.
+#[tracing::instrument(name = "approvals.release", skip_all, fields(reference = %reference, approver = %approver.name))]
+pub async fn release(state: &AppState, approver: &Approver, reference: &str) -> Result<(), ApiError> {
+    let reference = Reference::parse(reference).map_err(|_| ApiError::NotFound)?;
+    let now = state.clock.now();
+    let who = approver.clone();
+    blocking(&state.pool, move |conn| Ok(cases::release(conn, &reference, &who, now))).await??;
+    Ok(())
 }
 
 /// Shared with the inbox page.

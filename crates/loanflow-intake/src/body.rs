@@ -33,6 +33,21 @@ pub(crate) async fn read_json_object(req: &HttpRequest, payload: web::Payload) -
     })
 }
 
+/// Reads an optional JSON object body: none at all (no content type, nothing sent) is
+/// `None`; anything sent must pass [`read_json_object`]'s rules.
+pub(crate) async fn read_optional_json_object(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let declared_empty = req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0");
+    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    if req.headers().get(header::CONTENT_TYPE).is_none() && (declared_empty || !chunked) {
+        let body = read_limited(req, payload, MAX_BODY_BYTES).await?;
+        return if body.is_empty() { Ok(None) } else { Err(ApiError::UnsupportedMediaType) };
+    }
+    read_json_object(req, payload).await.map(Some)
+}
+
 /// `application/json`, with or without parameters such as `charset`.
 fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     let is_json = req

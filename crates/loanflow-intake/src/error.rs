@@ -32,6 +32,12 @@ pub enum ApiError {
     Forbidden,
     #[error("the application is not waiting for that decision")]
     NotAwaitingDecision,
+    #[error("{0} holds this case; only they may decide it until their claim ends")]
+    ClaimedByOther(String),
+    #[error("you have decided this application already; another approver must decide it")]
+    AlreadyDecidedByYou,
+    #[error("the application is final already and cannot be withdrawn")]
+    AlreadyFinal,
     #[error("the {0} step is unavailable; please try again later")]
     StepUnavailable(String),
     #[error("no such application")]
@@ -65,6 +71,9 @@ impl ApiError {
             ApiError::StepUnavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             ApiError::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
             ApiError::NotAwaitingDecision => ("not_awaiting_decision", StatusCode::CONFLICT),
+            ApiError::ClaimedByOther(_) => ("claimed_by_other", StatusCode::CONFLICT),
+            ApiError::AlreadyDecidedByYou => ("already_decided_by_you", StatusCode::CONFLICT),
+            ApiError::AlreadyFinal => ("already_final", StatusCode::CONFLICT),
             ApiError::RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
             ApiError::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
             ApiError::BadRequest(_) => ("bad_request", StatusCode::BAD_REQUEST),
@@ -84,6 +93,9 @@ struct ErrorBody<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     fields: Option<&'a BTreeMap<String, String>>,
+    /// Who holds a case (`claimed_by_other`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claimed_by: Option<&'a str>,
 }
 
 impl ResponseError for ApiError {
@@ -121,7 +133,26 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(ErrorBody { error, message, fields })
+        let claimed_by = match self {
+            ApiError::ClaimedByOther(holder) => Some(holder.as_str()),
+            _ => None,
+        };
+        response.json(ErrorBody { error, message, fields, claimed_by })
+    }
+}
+
+impl From<crate::cases::CaseError> for ApiError {
+    fn from(e: crate::cases::CaseError) -> Self {
+        use crate::cases::CaseError;
+        match e {
+            CaseError::NotFound => ApiError::NotFound,
+            CaseError::NotAwaiting => ApiError::NotAwaitingDecision,
+            CaseError::Forbidden => ApiError::Forbidden,
+            CaseError::ClaimedByOther(holder) => ApiError::ClaimedByOther(holder),
+            CaseError::AlreadyDecidedByYou => ApiError::AlreadyDecidedByYou,
+            CaseError::AlreadyFinal => ApiError::AlreadyFinal,
+            CaseError::Db(e) => ApiError::Internal(e),
+        }
     }
 }
 

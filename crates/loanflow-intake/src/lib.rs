@@ -6,7 +6,9 @@
 pub mod api;
 pub mod approvals;
 mod body;
+pub mod cases;
 pub mod error;
+mod escalation;
 mod limits;
 mod pages;
 mod projection;
@@ -19,6 +21,7 @@ mod status;
 pub mod store;
 mod submission;
 pub mod twin;
+pub mod withdrawal;
 mod writer;
 
 use std::net::TcpListener;
@@ -39,7 +42,7 @@ use loanflow_platform::Settings;
 /// The service's schema. Applications and decisions are facts: recorded once, never changed.
 pub const SCHEMA: db::SchemaDefinition = db::SchemaDefinition {
     migrations: embed_migrations!("../../schema/intake"),
-    append_only: &["applications", "decisions"],
+    append_only: &["applications", "decisions", "withdrawals", "audit_trail"],
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +70,12 @@ pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Resul
     let projection_health = health.reported("status-consumer");
     let state = state::AppState::new(pool.clone(), &settings, None);
     let relay_wake = state.relay_wake.clone();
+    let escalate_after = state.escalate_after();
     let (addr, tasks) = serve(&settings, state, health, &shutdown)?;
     tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, relay_health, shutdown.clone()));
     tasks.spawn(db::watch(pool.clone(), database_health, shutdown.clone()));
+    let poll = std::time::Duration::from_millis(settings.intake.escalation_poll_ms);
+    tasks.spawn(escalation::run(pool.clone(), settings.clock.clone(), escalate_after, poll, shutdown.clone()));
     let (keys, hours) = (pool.clone(), settings.intake.idempotency_hours);
     let every = std::time::Duration::from_secs(settings.retention.sweep_minutes.saturating_mul(60));
     tasks.spawn(loanflow_platform::retention::every(every, "idempotency keys", shutdown.clone(), move || {

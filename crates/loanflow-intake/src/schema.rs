@@ -9,6 +9,7 @@ diesel::table! {
         offer -> Nullable<Jsonb>,
         score -> Nullable<Int4>,
         updated_at -> Timestamptz,
+        withdrawal_requested_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -17,6 +18,16 @@ diesel::table! {
         reference -> Text,
         application -> Jsonb,
         submitted_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    approvals_given (reference, level, approver) {
+        reference -> Text,
+        level -> Text,
+        approver -> Text,
+        reason -> Text,
+        decided_at -> Timestamptz,
     }
 }
 
@@ -31,15 +42,37 @@ diesel::table! {
 }
 
 diesel::table! {
-    awaiting (reference) {
-        reference -> Text,
-        level -> Text,
-        since -> Timestamptz,
+    audit_trail (id) {
+        id -> Int8,
+        at -> Timestamptz,
+        actor -> Text,
+        action -> Text,
+        reference -> Nullable<Text>,
+        detail -> Text,
+        prev_hash -> Bytea,
+        hash -> Bytea,
     }
 }
 
 diesel::table! {
-    decisions (reference, level) {
+    awaiting (reference) {
+        reference -> Text,
+        level -> Text,
+        since -> Timestamptz,
+        escalated_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    claims (reference) {
+        reference -> Text,
+        approver -> Text,
+        claimed_until -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    decisions (reference, seq) {
         reference -> Text,
         level -> Text,
         seq -> Int4,
@@ -71,17 +104,32 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    withdrawals (reference) {
+        reference -> Text,
+        reason -> Nullable<Text>,
+        requested_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(application_status -> applications (reference));
+diesel::joinable!(approvals_given -> applications (reference));
 diesel::joinable!(awaiting -> applications (reference));
+diesel::joinable!(claims -> applications (reference));
 diesel::joinable!(decisions -> applications (reference));
 diesel::joinable!(idempotency_keys -> applications (reference));
+diesel::joinable!(withdrawals -> applications (reference));
 
 diesel::allow_tables_to_appear_in_same_query!(
     application_status,
     applications,
+    approvals_given,
     approver_sessions,
+    audit_trail,
     awaiting,
+    claims,
     decisions,
     idempotency_keys,
     outbox,
+    withdrawals,
 );

@@ -10,7 +10,13 @@
 //! carries), and the status row moved to its latest event
 //! unless it was final already (or becomes final earlier in the same batch), keeping the
 //! newest score any event carried; the approver inbox (`awaiting`) gains the
-//! applications that now wait for a person and loses those that no longer do.
+//! applications that now wait for a person and loses those that no longer do. Once the
+//! applicant has asked to withdraw an application, only the ledger's final answer
+//! (`withdrawn`, or `approved` if it booked the loan first) changes its status: the
+//! update re-checks the status row's `withdrawal_requested_at` under its row lock, so an
+//! event racing the request cannot slip past it. Decisions made after the request are
+//! kept out here where the request is visible, and out of the status in any case
+//! ([`crate::store::load_status`]), unless the ledger booked the loan first.
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -127,10 +133,13 @@ struct Decisions {
     reason: Vec<String>,
     decided_by: Vec<String>,
     decided_at: Vec<DateTime<Utc>>,
+    /// The status of the event that carried it.
+    carried_by: Vec<String>,
 }
 
 impl Decisions {
-    fn push(&mut self, reference: &Reference, seq: u32, d: &loanflow_domain::Decision) {
+    fn push(&mut self, reference: &Reference, seq: u32, d: &loanflow_domain::Decision, carried_by: Status) {
+        self.carried_by.push(carried_by.as_str().to_owned());
         self.reference.push(reference.as_str().to_owned());
         self.level.push(d.level.clone());
         self.seq.push(i32::try_from(seq).unwrap_or(i32::MAX));
@@ -156,10 +165,10 @@ impl ApplyEvents {
         };
         for (reference, event) in events {
             for (i, decision) in event.decisions.iter().enumerate() {
-                q.decisions.push(reference, StatusEvent::decision_seq(i + 1), decision);
+                q.decisions.push(reference, StatusEvent::decision_seq(i + 1), decision, event.status);
             }
             if let Some(decision) = &event.decision {
-                q.decisions.push(reference, event.seq, decision);
+                q.decisions.push(reference, event.seq, decision, event.status);
             }
             q.reference.push(reference.as_str().to_owned());
             q.seq.push(i32::try_from(event.seq).unwrap_or(i32::MAX));
@@ -205,9 +214,12 @@ impl QueryFragment<Pg> for ApplyEvents {
             ") AS e(reference, seq, status, current_level, offer, occurred_at, score)), \
              known AS (SELECT e.* FROM e WHERE EXISTS \
                          (SELECT 1 FROM application_status a WHERE a.reference = e.reference)), \
+             wanted AS (SELECT k.* FROM known k WHERE k.status IN ('approved', 'withdrawn') OR NOT EXISTS \
+                         (SELECT 1 FROM application_status a \
+                          WHERE a.reference = k.reference AND a.withdrawal_requested_at IS NOT NULL)), \
              decided AS ( \
                INSERT INTO decisions (reference, level, seq, outcome, reason, decided_by, decided_at) \
-               SELECT * FROM unnest(",
+               SELECT reference, level, seq, outcome, reason, decided_by, decided_at FROM unnest(",
         );
         let d = &self.decisions;
         out.push_bind_param::<Array<Text>, _>(&d.reference)?;
@@ -223,22 +235,27 @@ impl QueryFragment<Pg> for ApplyEvents {
         out.push_bind_param::<Array<Text>, _>(&d.decided_by)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Timestamptz>, _>(&d.decided_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&d.carried_by)?;
         out.push_sql(
-            ") AS d(reference, level, seq, outcome, reason, decided_by, decided_at) \
+            ") AS d(reference, level, seq, outcome, reason, decided_by, decided_at, carried_by) \
                WHERE EXISTS (SELECT 1 FROM application_status a WHERE a.reference = d.reference) \
+                 AND (d.carried_by = 'approved' OR NOT EXISTS \
+                       (SELECT 1 FROM application_status a \
+                        WHERE a.reference = d.reference AND a.withdrawal_requested_at < d.decided_at)) \
                ORDER BY reference, seq \
                ON CONFLICT DO NOTHING), \
              first_final AS ( \
-               SELECT reference, min(seq) AS seq FROM known WHERE status = ANY(",
+               SELECT reference, min(seq) AS seq FROM wanted WHERE status = ANY(",
         );
         out.push_bind_param::<Array<Text>, _>(&self.finals)?;
         out.push_sql(
             ") GROUP BY reference), \
              latest AS ( \
                SELECT DISTINCT ON (k.reference) k.*, \
-                      (SELECT s.score FROM known s WHERE s.reference = k.reference AND s.score IS NOT NULL \
+                      (SELECT s.score FROM wanted s WHERE s.reference = k.reference AND s.score IS NOT NULL \
                        ORDER BY s.seq DESC LIMIT 1) AS newest_score \
-               FROM known k LEFT JOIN first_final f USING (reference) \
+               FROM wanted k LEFT JOIN first_final f USING (reference) \
                WHERE f.seq IS NULL OR k.seq <= f.seq \
                ORDER BY k.reference, k.seq DESC), \
              moved AS ( \
@@ -246,7 +263,9 @@ impl QueryFragment<Pg> for ApplyEvents {
                       seq = l.seq, offer = l.offer, updated_at = l.occurred_at, \
                       score = COALESCE(l.newest_score, a.score) \
                FROM latest l \
-               WHERE a.reference = l.reference AND a.seq < l.seq AND a.status <> ALL(",
+               WHERE a.reference = l.reference AND a.seq < l.seq \
+                 AND (a.withdrawal_requested_at IS NULL OR l.status IN ('approved', 'withdrawn')) \
+                 AND a.status <> ALL(",
         );
         out.push_bind_param::<Array<Text>, _>(&self.finals)?;
         out.push_sql(
@@ -259,7 +278,8 @@ impl QueryFragment<Pg> for ApplyEvents {
                INSERT INTO awaiting (reference, level, since) \
                SELECT reference, current_level, updated_at FROM moved \
                WHERE status = 'awaiting_approver' AND current_level IS NOT NULL \
-               ON CONFLICT (reference) DO UPDATE SET level = EXCLUDED.level, since = EXCLUDED.since) \
+               ON CONFLICT (reference) DO UPDATE SET level = EXCLUDED.level, since = EXCLUDED.since, \
+                   escalated_at = CASE WHEN awaiting.level = EXCLUDED.level THEN awaiting.escalated_at END) \
              SELECT DISTINCT reference FROM known",
         );
         Ok(())

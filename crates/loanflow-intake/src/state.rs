@@ -24,6 +24,12 @@ pub struct AppState {
     pub limits: Arc<crate::limits::Limits>,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// The time of claims and escalation.
+    pub clock: loanflow_platform::clock::Clock,
+    /// The human level's policy: dual control and escalation.
+    pub manager: Arc<loanflow_domain::rules::ManagerPolicy>,
+    /// How long a claim lasts.
+    pub claim_for: chrono::Duration,
 }
 
 impl AppState {
@@ -43,6 +49,14 @@ impl AppState {
             twin: twin.map(Arc::new),
             limits: Arc::new(crate::limits::Limits::new(&settings.intake)),
             body_timeout: std::time::Duration::from_millis(settings.intake.body_timeout_ms.max(1)),
+            clock: settings.clock.clone(),
+            manager: Arc::new(settings.levels.manager.clone()),
+            claim_for: chrono::Duration::minutes(i64::from(settings.intake.claim_minutes.max(1))),
         }
+    }
+
+    /// How long a case may wait before it is escalated.
+    pub fn escalate_after(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.manager.escalate_after).unwrap_or(chrono::Duration::MAX)
     }
 }

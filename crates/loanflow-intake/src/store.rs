@@ -44,7 +44,7 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
 }
 
-fn insert_outbox(conn: &mut PgConnection, m: &OutboxMessage) -> Result<(), diesel::result::Error> {
+pub(crate) fn insert_outbox(conn: &mut PgConnection, m: &OutboxMessage) -> Result<(), diesel::result::Error> {
     diesel::insert_into(outbox::table)
         .values((
             outbox::message_id.eq(m.message_id),
@@ -266,9 +266,11 @@ pub struct StatusView {
     pub updated_at: DateTime<Utc>,
     pub decisions: Vec<Decision>,
     pub offer: Option<Offer>,
+    /// The applicant asked to withdraw it; the ledger's answer is awaited.
+    pub withdrawing: bool,
 }
 
-type StatusRow = (String, Option<String>, Option<Value>, DateTime<Utc>, DateTime<Utc>);
+type StatusRow = (String, Option<String>, Option<Value>, DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>);
 type DecisionRow = (String, String, String, String, DateTime<Utc>);
 
 pub fn load_status(conn: &mut PgConnection, reference: &Reference) -> Result<Option<StatusView>, DbError> {
@@ -281,18 +283,25 @@ pub fn load_status(conn: &mut PgConnection, reference: &Reference) -> Result<Opt
             application_status::offer,
             applications::submitted_at,
             application_status::updated_at,
+            application_status::withdrawal_requested_at,
         ))
         .first(conn)
         .optional()?;
-    let Some((status, current_level, offer, submitted_at, updated_at)) = row else {
+    let Some((status, current_level, offer, submitted_at, updated_at, withdrawal)) = row else {
         return Ok(None);
     };
-    let decisions =
+    let mut decisions =
         decisions_of(conn, &[reference.as_str().to_owned()])?.remove(reference.as_str()).unwrap_or_default();
     // The CHECK constraint keeps the column to known statuses; anything else is an
     // error, never quietly shown as some other status.
     let status = Status::parse(&status).ok_or_else(|| DbError::Corrupt(format!("unknown status {status:?}")))?;
+    // Once the applicant asked to withdraw it, no decision made after the request shows,
+    // unless the ledger booked the loan first (then every decision that led to it does).
+    if let (Some(requested), false) = (withdrawal, status == Status::Approved) {
+        decisions.retain(|d| d.outcome == loanflow_domain::Outcome::Withdrawn || d.decided_at <= requested);
+    }
     Ok(Some(StatusView {
+        withdrawing: withdrawal.is_some(),
         status,
         current_level,
         submitted_at,
@@ -322,18 +331,28 @@ pub struct Waiting {
     pub application: Value,
     pub score: Option<i32>,
     pub waiting_since: DateTime<Utc>,
+    pub escalated_at: Option<DateTime<Utc>>,
+    /// The unexpired claim on it: who, until when.
+    pub claim: Option<(String, DateTime<Utc>)>,
     pub decisions: Vec<Decision>,
 }
 
 /// The most applications one inbox page shows.
 const INBOX_LIMIT: i64 = 200;
 
-/// Applications waiting at any of `levels`, oldest first.
-pub fn waiting_at(conn: &mut PgConnection, levels: &[String]) -> Result<Vec<Waiting>, DbError> {
-    type WaitingRow = (String, String, Value, Option<i32>, DateTime<Utc>);
+/// Applications waiting at any of `levels`, oldest first; a level `<name>-escalated`
+/// means the escalated cases of `<name>`.
+pub fn waiting_at(conn: &mut PgConnection, levels: &[String], now: DateTime<Utc>) -> Result<Vec<Waiting>, DbError> {
+    use crate::schema::claims;
+    type WaitingRow = (String, String, Value, Option<i32>, DateTime<Utc>, Option<DateTime<Utc>>);
+    let escalated: Vec<&str> = levels.iter().filter_map(|l| l.strip_suffix(crate::cases::ESCALATED_SUFFIX)).collect();
     let rows: Vec<WaitingRow> = awaiting::table
         .inner_join(applications::table.inner_join(application_status::table))
-        .filter(awaiting::level.eq_any(levels))
+        .filter(
+            awaiting::level
+                .eq_any(levels)
+                .or(awaiting::level.eq_any(&escalated).and(awaiting::escalated_at.is_not_null())),
+        )
         .order(awaiting::since.asc())
         .limit(INBOX_LIMIT)
         .select((
@@ -342,19 +361,30 @@ pub fn waiting_at(conn: &mut PgConnection, levels: &[String]) -> Result<Vec<Wait
             applications::application,
             application_status::score,
             awaiting::since,
+            awaiting::escalated_at,
         ))
         .load(conn)?;
     let references: Vec<String> = rows.iter().map(|row| row.0.clone()).collect();
     let mut decisions = decisions_of(conn, &references)?;
+    let mut claimed: HashMap<String, (String, DateTime<Utc>)> = claims::table
+        .filter(claims::reference.eq_any(&references))
+        .filter(claims::claimed_until.gt(now))
+        .select((claims::reference, claims::approver, claims::claimed_until))
+        .load::<(String, String, DateTime<Utc>)>(conn)?
+        .into_iter()
+        .map(|(reference, approver, until)| (reference, (approver, until)))
+        .collect();
     Ok(rows
         .into_iter()
-        .map(|(reference, level, application, score, waiting_since)| Waiting {
+        .map(|(reference, level, application, score, waiting_since, escalated_at)| Waiting {
             decisions: decisions.remove(&reference).unwrap_or_default(),
+            claim: claimed.remove(&reference),
             reference,
             level,
             application,
             score,
             waiting_since,
+            escalated_at,
         })
         .collect())
 }
@@ -379,33 +409,6 @@ fn decisions_of(conn: &mut PgConnection, references: &[String]) -> Result<HashMa
         by_reference.entry(reference).or_default().push(Decision { level, outcome, reason, decided_by, decided_at });
     }
     Ok(by_reference)
-}
-
-/// Hands a person's decision to the level, once: only an application waiting at
-/// `level` can be decided, and the request moves it out of the waiting state in the
-/// same transaction that queues the message (a second decision finds it not waiting).
-pub fn request_decision(
-    conn: &mut PgConnection,
-    reference: &Reference,
-    level: &str,
-    message: &OutboxMessage,
-) -> Result<bool, DbError> {
-    conn.transaction(|conn| {
-        let moved = diesel::update(
-            application_status::table
-                .filter(application_status::reference.eq(reference.as_str()))
-                .filter(application_status::status.eq(Status::AwaitingApprover.as_str()))
-                .filter(application_status::current_level.eq(level)),
-        )
-        .set((application_status::status.eq(Status::InReview.as_str()), application_status::updated_at.eq(Utc::now())))
-        .execute(conn)?;
-        if moved == 0 {
-            return Ok(false);
-        }
-        diesel::delete(awaiting::table.find(reference.as_str())).execute(conn)?;
-        insert_outbox(conn, message)?;
-        Ok(true)
-    })
 }
 
 /// Forgets every idempotency key older than `keys_since` (the retention sweep).

@@ -5,6 +5,10 @@
 //! It books only what the chain approved: the offer is re-derived from the rules and
 //! the application's amount, term and score ([`loanflow_domain::booking`]), and a
 //! reference already booked with other terms is refused, never silently kept.
+//!
+//! It also decides the race between a booking and the applicant's withdrawal: whichever
+//! it records first wins, and the other is refused (a withdrawn application is never
+//! booked; a withdrawal after the booking changes nothing).
 
 mod schema;
 pub mod twin;
@@ -15,10 +19,11 @@ use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
 
 use loanflow_domain::booking::bookable;
-use loanflow_domain::messages::{StatusEvent, WorkItem, WorkMessage, LEDGER_STEP};
+use loanflow_domain::messages::{StatusEvent, Withdrawal, WorkItem, WorkMessage, LEDGER_STEP};
 use loanflow_domain::rules::{Offer, UnderwritingPolicy};
 use loanflow_domain::{Reference, Status};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use loanflow_platform::broker::access::{self, Senders};
 use loanflow_platform::broker::{self, step_queue, Answers, Batch, Disposition, Publisher};
@@ -29,8 +34,10 @@ use loanflow_platform::Settings;
 use rust_decimal::Decimal;
 
 /// The service's schema. A booked loan is never changed or removed by the service.
-pub const SCHEMA: db::SchemaDefinition =
-    db::SchemaDefinition { migrations: embed_migrations!("../../schema/ledger"), append_only: &["loans"] };
+pub const SCHEMA: db::SchemaDefinition = db::SchemaDefinition {
+    migrations: embed_migrations!("../../schema/ledger"),
+    append_only: &["loans", "withdrawals"],
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -47,10 +54,20 @@ pub enum StartError {
 pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
     settings.broker = settings.broker.acting_as(access::LEDGER);
     let pool = db::migrated_pool(&settings.ledger.database, SCHEMA).await?;
-    let policy = settings.levels.underwriting.clone();
+    let ledger = Arc::new(Ledger {
+        pool,
+        policy: settings.levels.underwriting.clone(),
+        // Work to book comes from the levels; withdrawals from the intake, where the
+        // applicant asks for them. Neither may send the other.
+        bookers: Senders::of(&settings.broker, access::Queue::Ledger),
+        withdrawers: Senders::just(&settings.broker, vec![access::INTAKE.to_owned()]),
+    });
     let consumer = service::Consumer {
         queue: step_queue(LEDGER_STEP),
-        senders: Senders::of(&settings.broker, access::Queue::Ledger),
+        senders: Senders::just(
+            &settings.broker,
+            access::senders_for(access::Queue::Ledger).into_iter().chain([access::INTAKE.to_owned()]).collect(),
+        ),
         health_listen: settings.ledger.health_listen.clone(),
     };
     let running = service::start(
@@ -58,88 +75,227 @@ pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Resul
         consumer,
         shutdown,
         |_| {},
-        move |batch, publisher| book_batch(pool.clone(), policy.clone(), batch, publisher),
+        move |batch, publisher| {
+            let ledger = ledger.clone();
+            async move { ledger.handle_batch(batch, publisher).await }
+        },
     )?;
     tracing::info!(health = ?running.addr, "ledger started");
     Ok(running)
 }
 
-/// Books a delivery batch: every checked loan in one statement, then every `approved`
-/// event in status messages of up to 32 events, their confirms awaited together. The `loans` primary key makes a
-/// redelivered booking a no-op, so the ledger needs no inbox of its own.
-async fn book_batch(pool: PgPool, policy: UnderwritingPolicy, batch: Batch, publisher: Publisher) -> Vec<Disposition> {
-    let mut answers = Answers::for_batch(&batch);
-    let mut loans = Vec::new();
-    for (index, envelope) in answers.decode::<WorkMessage>(&batch) {
-        let incoming = &batch[index];
-        let reference = envelope.reference;
-        let WorkMessage::V1(work) = envelope.body else {
-            answers.set(index, Disposition::DeadLetter("an approver's decision reached the ledger".into()));
-            continue;
-        };
-        if let Err(why) = bookable(&work, &policy) {
-            tracing::warn!(security_event = "booking_refused", %reference, %why, "loan not booked");
-            answers.set(index, Disposition::DeadLetter(why));
-            continue;
-        }
-        loans.push((index, reference, work, incoming.is_last_attempt()));
-    }
-    if loans.is_empty() {
-        return answers.into_dispositions();
-    }
-    let to_book: Vec<(Reference, WorkItem)> = loans.iter().map(|(_, r, w, _)| (r.clone(), w.clone())).collect();
-    let booked = blocking(&pool, move |conn| conn.transaction(|conn| insert_loans(conn, &to_book))).await;
-    let bookings = match booked {
-        Ok(bookings) => bookings,
-        Err(e) => {
-            tracing::warn!(error = %e, loans = loans.len(), "loans not booked");
-            for (index, reference, work, last_attempt) in loans {
-                if last_attempt {
-                    announce(&publisher, &reference, work.decisions.len(), Status::Failed, None).await.ok();
-                }
-                answers.set(index, Disposition::Retry(e.to_string()));
-            }
-            return answers.into_dispositions();
-        }
-    };
-    let mut events = Vec::new();
-    let mut announced = Vec::new();
-    for ((index, reference, work, _), booking) in loans.into_iter().zip(bookings) {
-        match booking {
-            Booking::New => tracing::info!(%reference, "loan booked"),
-            // Booked by an earlier delivery that stopped before announcing it.
-            Booking::AlreadyBooked => tracing::info!(%reference, "loan was already booked; announcing it"),
-            Booking::Conflict => {
-                tracing::warn!(security_event = "booking_refused", %reference, "a loan with other terms is booked under this reference");
-                let why = "a loan with other terms is already booked under this reference";
-                answers.set(index, Disposition::DeadLetter(why.into()));
+struct Ledger {
+    pool: PgPool,
+    policy: UnderwritingPolicy,
+    bookers: Senders,
+    withdrawers: Senders,
+}
+
+/// A loan to book, from a delivery of the batch.
+struct ToBook {
+    index: usize,
+    reference: Reference,
+    work: WorkItem,
+    last_attempt: bool,
+}
+
+/// A withdrawal to record, from a delivery of the batch.
+struct ToWithdraw {
+    index: usize,
+    reference: Reference,
+    withdrawal: Withdrawal,
+}
+
+impl Ledger {
+    /// Handles a delivery batch in one transaction: every checked loan booked in one
+    /// statement unless its application was withdrawn, every withdrawal recorded unless
+    /// its loan was booked, both under a lock per reference so that a booking and a
+    /// withdrawal of one application never both happen. Then every `approved` and
+    /// `withdrawn` event is announced, in status messages of up to 32 events, their
+    /// confirms awaited together. The primary keys make a redelivery a no-op, so the
+    /// ledger needs no inbox of its own.
+    async fn handle_batch(&self, batch: Batch, publisher: Publisher) -> Vec<Disposition> {
+        let mut answers = Answers::for_batch(&batch);
+        let mut loans = Vec::new();
+        let mut withdrawals = Vec::new();
+        for (index, envelope) in answers.decode::<WorkMessage>(&batch) {
+            let sender = batch[index].sender.as_deref();
+            let reference = envelope.reference;
+            let allowed = match &envelope.body {
+                WorkMessage::V1(_) => self.bookers.allows(sender),
+                WorkMessage::WithdrawalV1(_) => self.withdrawers.allows(sender),
+                WorkMessage::ApprovalV1(_) => true,
+            };
+            if !allowed {
+                let sender = sender.unwrap_or("nobody");
+                tracing::warn!(security_event = "message_refused", %reference, %sender, "a message from a sender that may not send it to the ledger");
+                answers
+                    .set(index, Disposition::DeadLetter(format!("refused: {sender} may not send this to the ledger")));
                 continue;
             }
+            match envelope.body {
+                WorkMessage::V1(work) => match bookable(&work, &self.policy) {
+                    Ok(_) => {
+                        loans.push(ToBook { index, reference, work, last_attempt: batch[index].is_last_attempt() })
+                    }
+                    Err(why) => {
+                        tracing::warn!(security_event = "booking_refused", %reference, %why, "loan not booked");
+                        answers.set(index, Disposition::DeadLetter(why));
+                    }
+                },
+                WorkMessage::WithdrawalV1(withdrawal) => withdrawals.push(ToWithdraw { index, reference, withdrawal }),
+                WorkMessage::ApprovalV1(_) => {
+                    answers.set(index, Disposition::DeadLetter("an approver's decision reached the ledger".into()))
+                }
+            }
         }
-        let event = StatusEvent {
-            offer: work.offer.clone(),
-            ..StatusEvent::progress(work.decisions.len(), Status::Approved, None, Utc::now())
+        if loans.is_empty() && withdrawals.is_empty() {
+            return answers.into_dispositions();
         }
-        .with_decisions(&work.decisions);
-        events.push((reference, event));
-        announced.push(index);
+        let to_book: Vec<(Reference, WorkItem)> = loans.iter().map(|l| (l.reference.clone(), l.work.clone())).collect();
+        let to_withdraw: Vec<(Reference, Withdrawal)> =
+            withdrawals.iter().map(|w| (w.reference.clone(), w.withdrawal.clone())).collect();
+        let settled =
+            blocking(&self.pool, move |conn| conn.transaction(|conn| settle(conn, &to_book, &to_withdraw))).await;
+        let (bookings, booked_first) = match settled {
+            Ok(settled) => settled,
+            Err(e) => {
+                tracing::warn!(error = %e, loans = loans.len(), withdrawals = withdrawals.len(), "batch not recorded");
+                for loan in loans {
+                    if loan.last_attempt {
+                        announce_failure(&publisher, &loan.reference, loan.work.decisions.len()).await;
+                    }
+                    answers.set(loan.index, Disposition::Retry(e.to_string()));
+                }
+                for w in withdrawals {
+                    answers.set(w.index, Disposition::Retry(e.to_string()));
+                }
+                return answers.into_dispositions();
+            }
+        };
+        let mut events = Vec::new();
+        let mut announced = Vec::new();
+        for (loan, booking) in loans.into_iter().zip(bookings) {
+            let reference = loan.reference;
+            match booking {
+                Booking::New => tracing::info!(%reference, "loan booked"),
+                // Booked by an earlier delivery that stopped before announcing it.
+                Booking::AlreadyBooked => tracing::info!(%reference, "loan was already booked; announcing it"),
+                Booking::Withdrawn => {
+                    tracing::info!(%reference, "not booked: the applicant withdrew the application first");
+                    answers.set(loan.index, Disposition::Ack);
+                    continue;
+                }
+                Booking::Conflict => {
+                    tracing::warn!(security_event = "booking_refused", %reference, "a loan with other terms is booked under this reference");
+                    let why = "a loan with other terms is already booked under this reference";
+                    answers.set(loan.index, Disposition::DeadLetter(why.into()));
+                    continue;
+                }
+            }
+            let event = StatusEvent {
+                offer: loan.work.offer.clone(),
+                ..StatusEvent::progress(loan.work.decisions.len(), Status::Approved, None, Utc::now())
+            }
+            .with_decisions(&loan.work.decisions);
+            events.push((reference, event));
+            announced.push(loan.index);
+        }
+        for w in withdrawals {
+            if booked_first.contains(w.reference.as_str()) {
+                tracing::info!(reference = %w.reference, "withdrawal too late: the loan was booked first");
+                answers.set(w.index, Disposition::Ack);
+                continue;
+            }
+            tracing::info!(reference = %w.reference, "withdrawal recorded: the loan will never be booked");
+            events.push((w.reference, StatusEvent::withdrawn(&w.withdrawal, Utc::now())));
+            announced.push(w.index);
+        }
+        let sent = match broker::start_statuses(&publisher, events).await {
+            Ok(confirms) => broker::confirmed(confirms).await,
+            Err(e) => Err(e),
+        };
+        let answer = match sent {
+            Ok(()) => Disposition::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "recorded, but the status was not confirmed");
+                Disposition::Requeue
+            }
+        };
+        for index in announced {
+            answers.set(index, answer.clone());
+        }
+        answers.into_dispositions()
     }
-    let sent = match broker::start_statuses(&publisher, events).await {
-        Ok(confirms) => broker::confirmed(confirms).await,
-        Err(e) => Err(e),
-    };
+}
 
-    let answer = match sent {
-        Ok(()) => Disposition::Ack,
-        Err(e) => {
-            tracing::warn!(error = %e, "booked, but the status was not confirmed");
-            Disposition::Requeue
-        }
-    };
-    for index in announced {
-        answers.set(index, answer.clone());
+/// The retry budget is spent: the application becomes `failed`.
+async fn announce_failure(publisher: &Publisher, reference: &Reference, decided: usize) {
+    if let Err(e) = announce(publisher, reference, decided, Status::Failed, None).await {
+        tracing::warn!(error = %e, "could not announce the failure");
     }
-    answers.into_dispositions()
+}
+
+/// Books the loans and records the withdrawals of one batch, in the caller's
+/// transaction, under a lock per reference (taken in reference order, so that batches
+/// in progress at once cannot deadlock): what each booking found, and the references
+/// among the withdrawals whose loan is booked.
+fn settle(
+    conn: &mut PgConnection,
+    loans: &[(Reference, WorkItem)],
+    withdrawals: &[(Reference, Withdrawal)],
+) -> Result<(Vec<Booking>, HashSet<String>), DbError> {
+    use schema::withdrawals as w;
+    let mut references: Vec<String> = loans
+        .iter()
+        .map(|(r, _)| r.as_str().to_owned())
+        .chain(withdrawals.iter().map(|(r, _)| r.as_str().to_owned()))
+        .collect();
+    references.sort();
+    references.dedup();
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('loanflow.ledger/' || r, 0))          FROM unnest($1::text[]) AS r ORDER BY r",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&references)
+    .execute(conn)?;
+    let loan_refs: Vec<&str> = loans.iter().map(|(r, _)| r.as_str()).collect();
+    let withdrawn: HashSet<String> = w::table
+        .filter(w::reference.eq_any(&loan_refs))
+        .select(w::reference)
+        .load::<String>(conn)?
+        .into_iter()
+        .collect();
+    let bookable: Vec<(Reference, WorkItem)> =
+        loans.iter().filter(|(r, _)| !withdrawn.contains(r.as_str())).cloned().collect();
+    let mut booked = insert_loans(conn, &bookable)?.into_iter();
+    let bookings = loans
+        .iter()
+        .map(|(r, _)| {
+            if withdrawn.contains(r.as_str()) {
+                Booking::Withdrawn
+            } else {
+                booked.next().unwrap_or(Booking::Conflict)
+            }
+        })
+        .collect();
+    let withdrawal_refs: Vec<&str> = withdrawals.iter().map(|(r, _)| r.as_str()).collect();
+    let booked_first: HashSet<String> = schema::loans::table
+        .filter(schema::loans::reference.eq_any(&withdrawal_refs))
+        .select(schema::loans::reference)
+        .load::<String>(conn)?
+        .into_iter()
+        .collect();
+    let rows: Vec<_> = withdrawals
+        .iter()
+        .filter(|(r, _)| !booked_first.contains(r.as_str()))
+        .map(|(r, wd)| {
+            (w::reference.eq(r.as_str()), w::reason.eq(wd.reason.as_deref()), w::requested_at.eq(wd.requested_at))
+        })
+        .collect();
+    if !rows.is_empty() {
+        diesel::insert_into(w::table).values(rows).on_conflict_do_nothing().execute(conn)?;
+    }
+    Ok((bookings, booked_first))
 }
 
 async fn announce(
@@ -161,6 +317,8 @@ pub(crate) enum Booking {
     AlreadyBooked,
     /// Another loan is booked under this reference: refused.
     Conflict,
+    /// The applicant withdrew the application before it could be booked.
+    Withdrawn,
 }
 
 /// Inserts the loans of work items that [`bookable`] accepted, each once, in one

@@ -21,4 +21,13 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(loans, processed_messages,);
+diesel::table! {
+    withdrawals (reference) {
+        reference -> Text,
+        reason -> Nullable<Text>,
+        requested_at -> Timestamptz,
+        recorded_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(loans, processed_messages, withdrawals,);

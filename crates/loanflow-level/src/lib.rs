@@ -241,6 +241,10 @@ impl Level {
                     );
                 }
                 WorkMessage::ApprovalV1(decision) => approvals.push((index, reference, message_id, decision)),
+                WorkMessage::WithdrawalV1(_) => {
+                    let why = format!("a withdrawal reached level {:?}; withdrawals go to the ledger", self.name);
+                    answers.set(index, Disposition::DeadLetter(why));
+                }
             }
         }
         for (index, reference, message_id, decision) in approvals {
@@ -478,7 +482,7 @@ impl Level {
         work.decisions.push(decision.clone());
         let next = match outcome {
             Outcome::Approved => work.slip.advanced(),
-            Outcome::Rejected => None,
+            _ => None,
         };
         let status = if next.is_some() { Status::InReview } else { Status::Rejected };
         let current_level = next.as_ref().and_then(|s| s.current_level().map(str::to_owned));
@@ -526,6 +530,9 @@ impl Level {
                 approval.level, self.name
             )));
         }
+        if !approval.outcome.is_verdict() {
+            return Err(StepError::Misrouted(format!("an approver cannot decide {:?}", approval.outcome.as_str())));
+        }
         let key = reference.as_str().to_owned();
         let waiting = blocking(&self.pool, move |conn| {
             if inbox::seen(conn, message_id)? {
@@ -544,8 +551,29 @@ impl Level {
             None => tracing::info!(level = %self.name, "duplicate delivery ignored"),
             Some(None) => tracing::info!(level = %self.name, "no application waiting; it was decided already"),
             Some(Some(row)) => {
-                let work: WorkItem = serde_json::from_value(row)
+                let mut work: WorkItem = serde_json::from_value(row)
                     .map_err(|e| StepError::Misrouted(format!("unreadable waiting application: {e}")))?;
+                // Four eyes: the rule, checked here too, whatever the sender checked.
+                let mut approvers: Vec<&str> = approval.earlier.iter().map(|e| e.approver.as_str()).collect();
+                approvers.push(&approval.approver);
+                approvers.sort_unstable();
+                approvers.dedup();
+                let needed = rules::approvals_needed(&work.application, &self.rule.policies.manager);
+                if approval.outcome == Outcome::Approved && approvers.len() < needed {
+                    return Err(StepError::Misrouted(format!(
+                        "dual control: {needed} different approvers must approve, {} did",
+                        approvers.len()
+                    )));
+                }
+                for earlier in &approval.earlier {
+                    work.decisions.push(Decision {
+                        level: self.name.clone(),
+                        outcome: Outcome::Approved,
+                        reason: earlier.reason.clone(),
+                        decided_by: DecidedBy::Approver(earlier.approver.clone()),
+                        decided_at: earlier.decided_at,
+                    });
+                }
                 let decision = Decision {
                     level: self.name.clone(),
                     outcome: approval.outcome,

@@ -2,7 +2,9 @@
 //! and migrations, the broker topology with confirmed publishing and supervised
 //! consumers, and the shutdown signal. No business rule lives here.
 
+pub mod audit;
 pub mod broker;
+pub mod clock;
 pub mod db;
 pub mod dlq;
 pub mod health;

@@ -54,6 +54,10 @@ pub struct Settings {
     /// Set by [`Settings::load`], never read from a file: services announce it.
     #[serde(skip)]
     pub mode: Mode,
+    /// The clock of human-level timers (claims, escalation): the system's, unless a
+    /// test moves it. Never read from a file.
+    #[serde(skip)]
+    pub clock: crate::clock::Clock,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -289,6 +293,10 @@ pub struct IntakeSettings {
     /// How often the relay looks for unsent rows when nothing woke it: the bound on
     /// how long a message written by another intake instance waits.
     pub relay_poll_ms: u64,
+    /// How long an approver's claim on a case lasts (the holder may renew it).
+    pub claim_minutes: u32,
+    /// How often the intake looks for waiting cases that are due for escalation.
+    pub escalation_poll_ms: u64,
 }
 
 /// The contract's "Limits": 0 turns a limit off.

@@ -24,7 +24,8 @@ pub struct Options {
     pub bureau_url: String,
     pub report_dir: std::path::PathBuf,
     /// Overrides the scenario's approver token.
-    pub approver_token: Option<String>,
+    /// The approvers' tokens, instead of the scenario's (one person each).
+    pub approver_tokens: Option<Vec<String>>,
     /// The operator's token, which the bureau's fault switch requires.
     pub operator_token: String,
     /// Print progress lines.
@@ -105,7 +106,7 @@ fn pick<'a>(profiles: &'a [Profile], rng: &mut StdRng) -> &'a Profile {
 fn schedule(scenario: &Scenario) -> Vec<f64> {
     let a = &scenario.arrivals;
     let burst_total: usize = a.bursts.iter().map(|b| b.count).sum();
-    let mut at: Vec<f64> = (0..a.count - burst_total).map(|i| i as f64 / a.per_second).collect();
+    let mut at: Vec<f64> = (0..a.count.saturating_sub(burst_total)).map(|i| i as f64 / a.per_second).collect();
     for b in &a.bursts {
         at.extend(std::iter::repeat_n(b.at_s, b.count));
     }
@@ -202,9 +203,12 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
     let approvers_stop = Arc::new(tokio::sync::Notify::new());
     let mut approver_tasks = Vec::new();
     if let Some(a) = &scenario.approvers {
-        let decided = Arc::new(Mutex::new(HashSet::<String>::new()));
+        let tokens = options.approver_tokens.clone().unwrap_or_else(|| a.tokens.clone());
+        // What each person has decided: nobody decides a case twice (under dual control
+        // it comes back to the inbox for another person).
+        let decided = Arc::new(Mutex::new(HashSet::<(String, String)>::new()));
         for n in 0..a.count {
-            let token = options.approver_token.clone().unwrap_or_else(|| a.token.clone());
+            let Some(token) = tokens.get(n % tokens.len().max(1)).cloned() else { break };
             let (http, url, stop, decided) =
                 (http.clone(), options.url.clone(), approvers_stop.clone(), decided.clone());
             let (share, think) = (a.approve_share, Duration::from_millis(a.think_ms));
@@ -218,9 +222,18 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Outcome, reqw
                     };
                     for item in items {
                         let Some(reference) = item["reference"].as_str().map(str::to_owned) else { continue };
-                        if !decided.lock().expect("decided").insert(reference.clone()) {
-                            continue; // another approver has it
+                        if item["claimed_by"].is_string()
+                            || decided.lock().expect("decided").contains(&(reference.clone(), token.clone()))
+                        {
+                            continue; // someone works it, or this person decided it
                         }
+                        // Claimed before it is worked, as a person would: another
+                        // approver that got there first keeps it.
+                        let claim = http.post(format!("{url}/api/approvals/{reference}/claim")).bearer_auth(&token);
+                        if !claim.send().await.is_ok_and(|r| r.status().is_success()) {
+                            continue;
+                        }
+                        decided.lock().expect("decided").insert((reference.clone(), token.clone()));
                         tokio::select! {
                             () = stop.notified() => return,
                             () = tokio::time::sleep(think) => {}

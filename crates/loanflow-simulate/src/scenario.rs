@@ -82,13 +82,15 @@ pub struct Approvers {
     pub approve_share: f64,
     /// How long a person looks at an application before deciding.
     pub think_ms: u64,
-    /// The approvers' bearer token (the sandbox approver by default).
-    #[serde(default = "default_token")]
-    pub token: String,
+    /// The approvers' bearer tokens, one person each (the sandbox's two manager
+    /// approvers by default): approver `n` signs in with the `n`-th, round the list.
+    /// Distinct people, so that a case under dual control gets its second approval.
+    #[serde(default = "default_tokens")]
+    pub tokens: Vec<String>,
 }
 
-fn default_token() -> String {
-    "sandbox-manager-token".to_owned()
+fn default_tokens() -> Vec<String> {
+    vec!["sandbox-manager-token".to_owned(), "sandbox-manager-token-2".to_owned()]
 }
 
 /// A bureau fault from `at_s` to `until_s` seconds into the run.

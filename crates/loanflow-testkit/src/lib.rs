@@ -23,8 +23,11 @@ use loanflow_platform::db::Identifier;
 use loanflow_platform::secret::{Secret, TokenHash};
 use loanflow_platform::settings::{ApproverSettings, OperatorSettings, RetrySettings};
 
-/// The test approvers' tokens: `grace` decides the manager level, `kim` only kyc.
+/// The test approvers' tokens: `grace` and `alan` decide the manager level, `olga` its
+/// escalated cases, `kim` only kyc.
 pub const MANAGER_TOKEN: &str = "test-token-grace-manager";
+pub const SECOND_MANAGER_TOKEN: &str = "test-token-alan-manager";
+pub const ESCALATION_TOKEN: &str = "test-token-olga-escalated";
 pub const KYC_ONLY_TOKEN: &str = "test-token-kim-kyc";
 /// The operator's token in tests (the bureau's fault switch).
 pub const OPERATOR_TOKEN: &str = "test-token-operator";
@@ -102,6 +105,9 @@ pub struct TestSystem {
     pub http: reqwest::Client,
     stop: CancellationToken,
     services: Vec<Running>,
+    /// The intake, stopped and started on its own by [`TestSystem::restart_intake`].
+    intake: Option<(CancellationToken, Running)>,
+    intake_settings: Settings,
     levels: Vec<(String, CancellationToken, Running)>,
     extra_schemas: Vec<String>,
     expect_dead_letters: bool,
@@ -174,11 +180,23 @@ impl TestSystem {
                 levels: vec!["manager".into()],
             },
             ApproverSettings {
+                name: "alan".into(),
+                token_sha256: TokenHash::of(SECOND_MANAGER_TOKEN),
+                levels: vec!["manager".into()],
+            },
+            ApproverSettings {
+                name: "olga".into(),
+                token_sha256: TokenHash::of(ESCALATION_TOKEN),
+                levels: vec!["manager-escalated".into()],
+            },
+            ApproverSettings {
                 name: "kim".into(),
                 token_sha256: TokenHash::of(KYC_ONLY_TOKEN),
                 levels: vec!["kyc".into()],
             },
         ];
+        // Escalation is looked for often, so that a test that moves the clock sees it soon.
+        settings.intake.escalation_poll_ms = 100;
         if let Some(chain) = options.chain {
             let kinds = chain.iter().map(|l| LevelKind::from_name(l).context("a known level"));
             settings.chain.levels = kinds.collect::<anyhow::Result<_>>()?;
@@ -208,7 +226,8 @@ impl TestSystem {
         let intake_database = FaultProxy::start(pg_addr()?).await;
         intake_settings.intake.database.url =
             format!("postgres://{}/{TEST_DATABASE}?sslmode=disable", intake_database.addr());
-        let intake = loanflow_intake::start(intake_settings, stop.clone()).await?;
+        let intake_stop = stop.child_token();
+        let intake = loanflow_intake::start(intake_settings.clone(), intake_stop.clone()).await?;
         let base_url = format!("http://{}", intake.addr.context("intake address")?);
         guard.armed = false;
         let mut system = TestSystem {
@@ -223,7 +242,9 @@ impl TestSystem {
             base_url,
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
             stop,
-            services: vec![bureau, ledger, intake],
+            services: vec![bureau, ledger],
+            intake: Some((intake_stop, intake)),
+            intake_settings,
             levels: Vec::new(),
             extra_schemas: Vec::new(),
             expect_dead_letters: false,
@@ -384,6 +405,21 @@ impl TestSystem {
         }
     }
 
+    /// Stops the intake (gracefully, as a deployment does) and starts it again, with
+    /// its settings changed by `change` (a new chain, say). Its address changes.
+    pub async fn restart_intake(&mut self, change: impl FnOnce(&mut Settings)) {
+        if let Some((token, running)) = self.intake.take() {
+            token.cancel();
+            running.stopped().await;
+        }
+        change(&mut self.intake_settings);
+        let token = self.stop.child_token();
+        let running =
+            loanflow_intake::start(self.intake_settings.clone(), token.clone()).await.expect("intake should restart");
+        self.base_url = format!("http://{}", running.addr.expect("intake address"));
+        self.intake = Some((token, running));
+    }
+
     /// Stops every level instance (the queues keep their messages).
     pub async fn stop_levels(&mut self) {
         for (_, token, running) in self.levels.drain(..) {
@@ -441,6 +477,9 @@ impl TestSystem {
         }
         self.stop_levels().await;
         self.stop.cancel();
+        if let Some((_, intake)) = self.intake.take() {
+            intake.stopped().await;
+        }
         for service in self.services.drain(..) {
             service.stopped().await;
         }

@@ -76,6 +76,18 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// The audit trail of human acts (the intake's).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Checks every row's hash and link; names each row changed or out of the chain,
+    /// and exits non-zero if any is.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => return migrate(&settings).await,
         Command::Simulate { .. } | Command::Token => unreachable!("handled above: they need no configuration"),
         Command::Dlq { action } => return dlq(&settings, action).await,
+        Command::Audit { action: AuditAction::Verify } => return audit_verify(&settings).await,
         Command::BrokerDefinitions => {
             let definitions = loanflow_platform::broker::access::definitions(&settings);
             println!("{}", serde_json::to_string_pretty(&definitions)?);
@@ -196,7 +209,7 @@ async fn simulate(
         url: url.trim_end_matches('/').to_owned(),
         bureau_url: bureau_url.trim_end_matches('/').to_owned(),
         report_dir: reports.to_owned(),
-        approver_token: None,
+        approver_tokens: None,
         operator_token: operator_token.to_owned(),
         progress: true,
     };
@@ -235,9 +248,44 @@ async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
         DlqAction::Replay { reference, all: _ } => {
             let replayed = loanflow_platform::dlq::replay(settings, reference.as_deref()).await?;
             println!("replayed {replayed} dead letter(s)");
+            // Recorded in the intake's audit trail, where operators' acts are kept.
+            let pool = db::pool(&settings.intake.database);
+            let detail = serde_json::json!({ "replayed": replayed, "via": "cli" });
+            db::blocking(&pool, move |conn| {
+                let act = loanflow_platform::audit::Act {
+                    actor: "operator",
+                    action: "dead_letter_replay",
+                    reference: reference.as_deref(),
+                    detail,
+                };
+                loanflow_platform::audit::record(conn, &act, chrono::Utc::now())
+            })
+            .await
+            .context("writing the replay to the audit trail")?;
         }
     }
     Ok(())
+}
+
+/// `loanflow audit verify`: reads the intake's audit trail as the intake's role.
+async fn audit_verify(settings: &Settings) -> anyhow::Result<()> {
+    let pool = db::pool(&settings.intake.database);
+    let verified = db::blocking(&pool, loanflow_platform::audit::verify).await.context("reading the audit trail")?;
+    for found in &verified.breaks {
+        println!("BROKEN: {found}");
+    }
+    println!(
+        "audit trail of schema {}: {} row(s), head {}, {}",
+        settings.intake.database.schema,
+        verified.rows,
+        verified.head.as_deref().unwrap_or("(empty)"),
+        if verified.breaks.is_empty() { "intact".to_owned() } else { format!("{} break(s)", verified.breaks.len()) }
+    );
+    if verified.breaks.is_empty() {
+        Ok(())
+    } else {
+        std::process::exit(1)
+    }
 }
 
 /// The setup step: the broker's vhost, users, permissions and topology, then every

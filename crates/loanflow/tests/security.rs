@@ -491,6 +491,7 @@ fn approver_decision(reference: &str, approver: &str) -> Vec<u8> {
         reason: "forged".into(),
         approver: approver.into(),
         decided_at: Utc::now(),
+        earlier: Vec::new(),
     };
     let reference = Reference::parse(reference).unwrap();
     Envelope::new(reference, "approval/manager", Utc::now(), WorkMessage::ApprovalV1(decision)).encode()

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use loanflow_testkit::{TestSystem, MANAGER_TOKEN, OPERATOR_TOKEN};
+use loanflow_testkit::{TestSystem, MANAGER_TOKEN, OPERATOR_TOKEN, SECOND_MANAGER_TOKEN};
 
 /// The simulator pointed at a test system, with the test approver's token.
 fn options(system: &TestSystem, root: &Path) -> loanflow_simulate::Options {
@@ -13,7 +13,7 @@ fn options(system: &TestSystem, root: &Path) -> loanflow_simulate::Options {
         url: system.base_url.clone(),
         bureau_url: system.bureau_url.clone(),
         report_dir: root.join("target/reports"),
-        approver_token: Some(MANAGER_TOKEN.to_owned()),
+        approver_tokens: Some(vec![MANAGER_TOKEN.to_owned(), SECOND_MANAGER_TOKEN.to_owned()]),
         operator_token: OPERATOR_TOKEN.to_owned(),
         progress: false,
     }
@@ -52,6 +52,27 @@ async fn the_smoke_scenario_meets_its_expectations() {
         let text = std::fs::read_to_string(folder.join(file)).unwrap();
         assert!(text.len() > 200, "{file} has content");
     }
+    system.shutdown().await;
+}
+
+/// `big-tickets`, shortened: loans up to 400000, many under dual control, which the
+/// scripted approvers (two people) see through to a final status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_tickets_under_dual_control_all_reach_a_final_status() {
+    let system = TestSystem::start().await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut scenario = loanflow_simulate::Scenario::load(&root.join("examples/big-tickets.toml")).unwrap();
+    scenario.arrivals.count = 30;
+    scenario.arrivals.bursts.clear();
+    (scenario.expect.min_approved, scenario.expect.min_rejected) = (5, 1);
+    if let Some(approvers) = &mut scenario.approvers {
+        approvers.think_ms = 20;
+    }
+    let outcome = loanflow_simulate::run(&scenario, &options(&system, &root)).await.unwrap();
+    println!("{}", outcome.report.table());
+    assert!(outcome.failures.is_empty(), "unmet: {:?}", outcome.failures);
+    let both = system.count_matching("intake", "decisions", "level = 'manager' AND decided_by = 'approver:alan'").await;
+    assert!(both > 0, "the second person approved some");
     system.shutdown().await;
 }
 

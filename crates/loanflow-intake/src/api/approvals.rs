@@ -5,7 +5,9 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use crate::approvals::{authenticate, decide, inbox, levels_for, parse_decision, Approver};
+use crate::approvals::{
+    authenticate, claim, decide, failed_sign_in, inbox, levels_for, parse_decision, release, Approver,
+};
 use crate::body::read_json_object;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -18,12 +20,15 @@ fn bearer(req: &HttpRequest, state: &AppState) -> Result<Approver, ApiError> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| state.limits.failed_authentication(req))?;
-    authenticate(&state.approvers, token.trim()).ok_or_else(|| state.limits.failed_authentication(req))
+        .ok_or_else(|| failed_sign_in(state, req))?;
+    authenticate(&state.approvers, token.trim()).ok_or_else(|| failed_sign_in(state, req))
 }
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/approvals", web::get().to(list)).route("/api/approvals/{reference}", web::post().to(decide_api));
+    cfg.route("/api/approvals", web::get().to(list))
+        .route("/api/approvals/{reference}", web::post().to(decide_api))
+        .route("/api/approvals/{reference}/claim", web::post().to(claim_api))
+        .route("/api/approvals/{reference}/claim", web::delete().to(release_api));
 }
 
 #[derive(Deserialize)]
@@ -53,4 +58,23 @@ async fn decide_api(
     let (outcome, reason) = parse_decision(&body)?;
     let accepted = decide(&state, &approver, &path, outcome, reason).await?;
     Ok(HttpResponse::Ok().json(accepted))
+}
+
+async fn claim_api(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let approver = bearer(&req, &state)?;
+    Ok(HttpResponse::Ok().json(claim(&state, &approver, &path).await?))
+}
+
+async fn release_api(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let approver = bearer(&req, &state)?;
+    release(&state, &approver, &path).await?;
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -6,13 +6,15 @@ use serde::Serialize;
 
 use loanflow_domain::{Reference, Status};
 
-use crate::body::read_json_object;
+use crate::body::{read_json_object, read_optional_json_object};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::submission::{self, valid_idempotency_key};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/loans", web::post().to(submit)).route("/api/loans/{reference}", web::get().to(status));
+    cfg.route("/api/loans", web::post().to(submit))
+        .route("/api/loans/{reference}", web::get().to(status))
+        .route("/api/loans/{reference}/withdrawal", web::post().to(withdraw));
 }
 
 #[derive(Serialize)]
@@ -52,4 +54,28 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 async fn status(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let reference = Reference::parse(&path).map_err(|_| ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(crate::status::document(&state, reference).await?))
+}
+
+#[derive(Serialize)]
+struct WithdrawalRequested<'a> {
+    reference: &'a str,
+    withdrawal: &'static str,
+    status_url: &'a str,
+}
+
+async fn withdraw(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_optional_json_object(&req, payload).await?;
+    let reason = crate::withdrawal::parse_reason(body.as_ref())?;
+    let reference = crate::withdrawal::request(&state, &path, reason).await?;
+    let status_url = format!("/api/loans/{reference}");
+    Ok(HttpResponse::Accepted().json(WithdrawalRequested {
+        reference: reference.as_str(),
+        withdrawal: "requested",
+        status_url: &status_url,
+    }))
 }

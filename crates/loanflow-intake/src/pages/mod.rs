@@ -21,6 +21,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/track", web::get().to(form::track))
         .route("/loans/{reference}", web::get().to(status::show))
         .route("/loans/{reference}/live", web::get().to(status::live_part))
+        .route("/loans/{reference}/withdraw", web::get().to(status::confirm_withdrawal))
+        .route("/loans/{reference}/withdraw", web::post().to(status::withdraw))
         .route("/approvals", web::get().to(inbox::show))
         .route("/approvals/session", web::post().to(sign_in::sign_in))
         .route("/approvals/session/end", web::post().to(sign_in::sign_out))

@@ -90,7 +90,7 @@ pub(super) async fn sign_in(
                 .insert_header((header::LOCATION, "/approvals"))
                 .finish()
         }
-        None => match state.limits.failed_authentication(&req) {
+        None => match crate::approvals::failed_sign_in(&state, &req) {
             ApiError::RateLimited(seconds) => too_many(seconds),
             _ => form(&state, StatusCode::UNAUTHORIZED, "That token is not valid. Please check it and try again."),
         },

@@ -37,25 +37,34 @@ enum Step<'a> {
 
 fn step(level: &str, shown: Step<'_>) -> Markup {
     let class = match &shown {
-        Step::Decided(d) if d.outcome == Outcome::Approved => "approved",
-        Step::Decided(_) => "rejected",
+        Step::Decided(d) => match d.outcome {
+            Outcome::Approved => "approved",
+            Outcome::Rejected | Outcome::Withdrawn => "rejected",
+            Outcome::Escalated => "waiting",
+        },
         Step::Waiting(_) => "waiting",
         Step::Current => "current",
         Step::Skipped => "skipped",
         Step::Pending => "pending",
     };
     html! {
-        li class=(class) data-level=(level) {
+        li class=(class) data-level=(level) data-outcome=[match &shown { Step::Decided(d) => Some(d.outcome.as_str()), _ => None }] {
             span.step { (step_title(level)) }
             br;
             @match shown {
                 Step::Decided(d) => {
-                    (if d.outcome == Outcome::Approved { "Approved" } else { "Declined" }) " — " (d.reason)
+                    (match d.outcome {
+                        Outcome::Approved => "Approved",
+                        Outcome::Rejected => "Declined",
+                        Outcome::Withdrawn => "Withdrawn",
+                        Outcome::Escalated => "Escalated",
+                    }) " — " (d.reason)
                     br;
                     span.meta {
                         "by "
                         @match &d.decided_by {
                             DecidedBy::Auto => "automatic check",
+                            DecidedBy::Applicant => "the applicant",
                             DecidedBy::Approver(name) => { "approver " (name) }
                         }
                         " (" span.decided-by { (String::from(d.decided_by.clone())) } ") · " (when(d.decided_at))
@@ -79,21 +88,23 @@ fn live(reference: &str, view: &StatusView, chain: &[String]) -> Markup {
             levels.push(&d.level);
         }
     }
-    let rejected = view.decisions.iter().any(|d| d.outcome == Outcome::Rejected);
+    let rejected = view.decisions.iter().any(|d| matches!(d.outcome, Outcome::Rejected | Outcome::Withdrawn));
+    // Every entry of a level (two approvals under dual control, an escalation), then
+    // what the level is doing now if it still holds the application.
     let shown = |level: &str| {
-        if let Some(d) = view.decisions.iter().find(|d| d.level == level) {
-            Step::Decided(d)
-        } else if view.current_level.as_deref() == Some(level) {
-            match view.status {
+        let mut steps: Vec<Step<'_>> = view.decisions.iter().filter(|d| d.level == level).map(Step::Decided).collect();
+        let verdict = view.decisions.iter().any(|d| d.level == level && d.outcome.is_verdict());
+        if view.current_level.as_deref() == Some(level) && !is_final {
+            steps.push(match view.status {
+                Status::AwaitingApprover if verdict => Step::Waiting("Waiting for a second approver's decision"),
                 Status::AwaitingApprover => Step::Waiting("Waiting for an approver's decision"),
                 Status::Failed => Step::Waiting("Delayed: this check could not be completed yet"),
                 _ => Step::Current,
-            }
-        } else if rejected || is_final {
-            Step::Skipped
-        } else {
-            Step::Pending
+            });
+        } else if steps.is_empty() {
+            steps.push(if rejected || is_final { Step::Skipped } else { Step::Pending });
         }
+        steps
     };
     let (booking_class, booking) = match view.status {
         Status::Approved => ("approved", "Loan booked"),
@@ -112,12 +123,18 @@ fn live(reference: &str, view: &StatusView, chain: &[String]) -> Markup {
                 Status::Approved => div.banner.ok { strong { "Congratulations: your loan is approved and booked." } },
                 Status::Rejected => div.banner.bad { strong { "We are sorry: we cannot offer this loan." } " The step that declined it says why." },
                 Status::Failed => div.banner.bad { strong { "Your application is delayed." } " Nothing is lost; our team has been alerted and it will continue." },
+                Status::Withdrawn => div.banner { strong { "You have withdrawn this application." } " No loan will be booked." },
                 _ => {}
+            }
+            @if view.withdrawing && !is_final {
+                p #withdrawal-pending role="status" { "Your withdrawal is being processed." }
+            } @else if !is_final {
+                p { a.button.secondary #withdraw href={ "/loans/" (reference) "/withdraw" } { "Withdraw this application" } }
             }
             section.card aria-labelledby="steps-title" {
                 h2 #steps-title { "Review steps" }
                 ol.timeline {
-                    @for level in &levels { (step(level, shown(level))) }
+                    @for level in &levels { @for s in shown(level) { (step(level, s)) } }
                     li class=(booking_class) data-level="ledger" { span.step { "Booking" } br; (booking) }
                 }
             }
@@ -178,4 +195,54 @@ pub(super) async fn show(
 pub(super) async fn live_part(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let Some((reference, view)) = load(&state, &path).await? else { return Err(ApiError::NotFound) };
     Ok(fragment(StatusCode::OK, live(reference.as_str(), &view, &state.chain)))
+}
+
+/// The confirmation step of a withdrawal: what it means, an optional reason, and the
+/// button that does it (a POST; this page itself changes nothing).
+pub(super) async fn confirm_withdrawal(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let Some((reference, view)) = load(&state, &path).await? else { return Ok(not_found_page(&path)) };
+    let r = reference.as_str();
+    let body = html! {
+        h1 { "Withdraw application " span.reference { (r) } "?" }
+        @if view.status.is_final() {
+            div.banner.bad role="alert" { p { "This application is final: it can no longer be withdrawn." } }
+            p { a href={ "/loans/" (r) } { "Back to the application" } }
+        } @else {
+            p { "If you withdraw it, we stop reviewing it and will not book a loan. If the loan was booked a moment before, it stays booked, and this page will say so." }
+            form method="post" action={ "/loans/" (r) "/withdraw" } {
+                label for="reason" { "Why are you withdrawing? (optional)" }
+                textarea #reason name="reason" maxlength="500" rows="3" {}
+                p {
+                    button #confirm-withdrawal type="submit" { "Yes, withdraw it" }
+                    " "
+                    a href={ "/loans/" (r) } { "No, keep my application" }
+                }
+            }
+        }
+    };
+    Ok(page(StatusCode::OK, &format!("Withdraw {reference}"), body))
+}
+
+/// The confirmed withdrawal: back to the status page, which shows it being processed.
+pub(super) async fn withdraw(
+    path: web::Path<String>,
+    form: web::Form<std::collections::HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = serde_json::json!({ "reason": form.get("reason") });
+    let done = match crate::withdrawal::parse_reason(Some(&body)) {
+        Ok(reason) => crate::withdrawal::request(&state, &path, reason).await.map(drop),
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) | Err(ApiError::AlreadyFinal) | Err(ApiError::Validation(_)) => {}
+        Err(ApiError::NotFound) => return Ok(not_found_page(&path)),
+        Err(e) => return Err(e),
+    }
+    Ok(HttpResponse::SeeOther()
+        .insert_header((actix_web::http::header::LOCATION, format!("/loans/{}", path.as_str())))
+        .finish())
 }

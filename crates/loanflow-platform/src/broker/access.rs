@@ -11,14 +11,15 @@
 //!
 //! Work travels through a *topic* exchange because RabbitMQ 3.10 applies topic
 //! permissions (routing-key patterns) to topic exchanges only: the intake may route
-//! work to the levels but never to the ledger; the ledger routes no work at all.
+//! work to the levels and withdrawals to the ledger, but never work to the ledger; the
+//! ledger routes no work at all.
 
 use std::collections::BTreeMap;
 
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::json;
 
-use loanflow_domain::messages::LEDGER_STEP;
+use loanflow_domain::messages::{LEDGER_STEP, WITHDRAWAL_ROUTE};
 use loanflow_domain::rules::LevelKind;
 
 use super::{DEAD_LETTER_QUEUE, WORK_EXCHANGE};
@@ -79,12 +80,13 @@ pub fn grants() -> Vec<Grant> {
             work_routing_keys: ".*".into(),
             work_binding_keys: ".*".into(),
         },
-        // The outbox: first steps and approvers' decisions, to levels only.
+        // The outbox: first steps and approvers' decisions to levels, withdrawals to the
+        // ledger (whose consumer accepts nothing else from the intake).
         grant(
             INTAKE,
             r"^loanflow\.(work|dead|retry\..+)$",
             r"^loanflow\.intake\.status$".into(),
-            &format!("^({levels})$"),
+            &format!("^({levels}|{WITHDRAWAL_ROUTE})$"),
         ),
         grant(LEDGER, r"^loanflow\.(status|dead|retry\..+)$", format!(r"^loanflow\.step\.{LEDGER_STEP}$"), "^$"),
         // Replays go straight to their origin queue through the default exchange.

@@ -109,6 +109,10 @@ impl Topology {
             let queue = step_queue(step);
             queues.push(QueueSpec { name: queue.clone(), arguments: self.queue_arguments(true) });
             bindings.push(bind(&queue, WORK_EXCHANGE, step));
+            if step == loanflow_domain::messages::LEDGER_STEP {
+                // The applicant's withdrawals, which the ledger alone can settle.
+                bindings.push(bind(&queue, WORK_EXCHANGE, loanflow_domain::messages::WITHDRAWAL_ROUTE));
+            }
         }
         for delay in &self.retry_tiers {
             // Classic queues: a waiting room needs TTL and dead-lettering, not replication.

@@ -1,0 +1,11 @@
+DROP TABLE audit_trail;
+ALTER TABLE awaiting DROP COLUMN escalated_at;
+DROP TABLE approvals_given;
+DROP TABLE claims;
+ALTER TABLE application_status DROP COLUMN withdrawal_requested_at;
+DROP TABLE withdrawals;
+DELETE FROM decisions WHERE outcome IN ('withdrawn', 'escalated');
+ALTER TABLE decisions DROP CONSTRAINT decisions_outcome_check;
+ALTER TABLE decisions ADD CONSTRAINT decisions_outcome_check CHECK (outcome IN ('approved', 'rejected'));
+ALTER TABLE decisions DROP CONSTRAINT decisions_pkey;
+ALTER TABLE decisions ADD PRIMARY KEY (reference, level);

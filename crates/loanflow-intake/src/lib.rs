@@ -10,6 +10,7 @@ pub mod cases;
 pub mod error;
 mod escalation;
 mod limits;
+pub mod operations;
 mod pages;
 mod projection;
 mod relay;

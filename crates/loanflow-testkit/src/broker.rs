@@ -43,12 +43,25 @@ impl TestSystem {
         payload: &[u8],
         properties: lapin::BasicProperties,
     ) -> anyhow::Result<()> {
-        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
         let (exchange, routing_key) = match queue.strip_prefix("loanflow.step.") {
             Some(step) => (loanflow_platform::broker::WORK_EXCHANGE, step),
             None if queue == loanflow_platform::broker::STATUS_QUEUE => (STATUS_EXCHANGE, ""),
             None => bail!("no exchange feeds {queue}"),
         };
+        self.publish_as(service, exchange, routing_key, payload, properties).await
+    }
+
+    /// Publishes `payload` to `exchange` with `routing_key` as `service` would: stamped
+    /// with its user, mandatory (a message no queue takes is an error), confirmed.
+    pub async fn publish_as(
+        &self,
+        service: &str,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> anyhow::Result<()> {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
         let conn = self.amqp_as(service).await?;
         let channel = conn.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -58,7 +71,7 @@ impl TestSystem {
         let confirm = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
         let confirmation = confirm.await?;
         if !confirmation.is_ack() || confirmation.take_message().is_some() {
-            bail!("the broker did not take the message for {queue}");
+            bail!("the broker did not take the message for {exchange}/{routing_key}");
         }
         conn.close(200, "bye".into()).await?;
         Ok(())

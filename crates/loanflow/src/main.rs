@@ -116,6 +116,9 @@ enum DlqAction {
         /// Replay every dead letter.
         #[arg(long)]
         all: bool,
+        /// Who replays (written to the audit trail).
+        #[arg(long, env = "LOANFLOW_OPERATOR", default_value = "operator")]
+        operator: String,
     },
 }
 
@@ -245,23 +248,10 @@ async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
             }
             println!("{} dead letter(s)", letters.len());
         }
-        DlqAction::Replay { reference, all: _ } => {
-            let replayed = loanflow_platform::dlq::replay(settings, reference.as_deref()).await?;
+        DlqAction::Replay { reference, all: _, operator } => {
+            let replayed =
+                loanflow_intake::operations::replay_dead_letters(settings, &operator, reference.as_deref()).await?;
             println!("replayed {replayed} dead letter(s)");
-            // Recorded in the intake's audit trail, where operators' acts are kept.
-            let pool = db::pool(&settings.intake.database);
-            let detail = serde_json::json!({ "replayed": replayed, "via": "cli" });
-            db::blocking(&pool, move |conn| {
-                let act = loanflow_platform::audit::Act {
-                    actor: "operator",
-                    action: "dead_letter_replay",
-                    reference: reference.as_deref(),
-                    detail,
-                };
-                loanflow_platform::audit::record(conn, &act, chrono::Utc::now())
-            })
-            .await
-            .context("writing the replay to the audit trail")?;
         }
     }
     Ok(())

@@ -29,6 +29,8 @@ async fn the_pages_work_in_a_real_browser() {
     big["applicant"]["annual_income"] = json!("400000.00");
     let waiting = system.submit_ok(&big).await;
     system.wait_for_status(&waiting, "awaiting_approver", Duration::from_secs(20)).await;
+    let withdrawable = system.submit_ok(&big).await;
+    system.wait_for_status(&withdrawable, "awaiting_approver", Duration::from_secs(20)).await;
 
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
     let status = tokio::process::Command::new("node")
@@ -37,6 +39,7 @@ async fn the_pages_work_in_a_real_browser() {
         .env("LOANFLOW_URL", &system.base_url)
         .env("LOANFLOW_MANAGER_TOKEN", MANAGER_TOKEN)
         .env("LOANFLOW_WAITING_REFERENCE", &waiting)
+        .env("LOANFLOW_WITHDRAWABLE_REFERENCE", &withdrawable)
         .env("LOANFLOW_SCREENSHOTS", &screenshots)
         .env("CHROMIUM", &chromium)
         .status()

@@ -164,7 +164,10 @@ async fn past_the_retry_budget_applications_fail_then_complete_after_replay() {
 
     system.bureau.restore();
     // One first, by reference; then the rest.
-    assert_eq!(loanflow_platform::dlq::replay(&system.settings, Some(&refs[0])).await.unwrap(), 1);
+    let replayed = loanflow_intake::operations::replay_dead_letters(&system.settings, "ops", Some(&refs[0])).await;
+    assert_eq!(replayed.unwrap(), 1);
+    let audited = format!("actor = 'operator:ops' AND action = 'dead_letter_replay' AND reference = '{}'", refs[0]);
+    assert_eq!(system.count_matching("intake", "audit_trail", &audited).await, 1, "the replay is in the audit trail");
     system.wait_for_status(&refs[0], "approved", SETTLE_WITHIN).await;
     assert_eq!(loanflow_platform::dlq::replay(&system.settings, None).await.unwrap(), refs.len() - 1);
     assert_all_approved_once(&system, &refs).await;

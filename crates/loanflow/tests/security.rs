@@ -546,9 +546,20 @@ async fn messages_from_a_sender_that_may_not_send_them_are_refused() {
     let error = outcome.expect_err("a level signing as the intake is stopped by the broker").to_string();
     assert!(error.contains("PRECONDITION_FAILED") && error.contains("user_id"), "{error}");
     let _ = kyc.close(200, "bye".into()).await;
-    let to_ledger = system.inject_as("intake", &step_queue("ledger"), b"{}", props).await;
+    let to_ledger = system.inject_as("intake", &step_queue("ledger"), b"{}", props.clone()).await;
     let error = to_ledger.expect_err("the intake may not route work to the ledger").to_string();
     assert!(error.contains("ACCESS_REFUSED"), "{error}");
+    // The intake reaches the ledger with withdrawals only: a booking it sends that way
+    // (one the ledger would otherwise book) is refused by the ledger's consumer.
+    let stranger = Reference::from_random([9; RANDOM_BYTES]);
+    let booking = forged_booking(&application(800), offer("25000", "0.0599", 36, "760.46"));
+    let body = Envelope::new(stranger.clone(), "work/ledger", Utc::now(), WorkMessage::V1(booking)).encode();
+    let route = loanflow_domain::messages::WITHDRAWAL_ROUTE;
+    system.publish_as("intake", work, route, &body, props).await.unwrap();
+    let refused =
+        wait_until(Duration::from_secs(20), || async { system.queue_depth(DEAD_LETTER_QUEUE).await == 3 }).await;
+    assert!(refused, "the ledger refused the intake's booking");
+    assert_eq!(system.count("ledger", "loans", Some(stranger.as_str())).await, 0);
 
     // The approver's decision through the intake still goes through.
     assert_eq!(system.approve(MANAGER_TOKEN, &reference, "verified income").await.status(), 200);

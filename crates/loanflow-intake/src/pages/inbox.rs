@@ -16,13 +16,44 @@ use crate::approvals::{self, InboxItem};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-fn item(item: &InboxItem, csrf: &str) -> Markup {
+fn item(item: &InboxItem, csrf: &str, me: &str) -> Markup {
     let r = item.reference.as_str();
     let title_id = format!("title-{r}");
     let reason_id = format!("reason-{r}");
+    let mine = format!("approver:{me}");
+    let held_by_me = item.claimed_by.as_deref() == Some(mine.as_str());
+    let approvals_so_far: Vec<String> = item
+        .decisions
+        .iter()
+        .filter(|d| d.level == item.level && d.outcome == loanflow_domain::Outcome::Approved)
+        .map(|d| String::from(d.decided_by.clone()))
+        .collect();
     html! {
-        article.card aria-labelledby=(title_id) data-reference=(r) {
-            h2 #(title_id) { span.reference { (r) } }
+        article.card aria-labelledby=(title_id) data-reference=(r) data-escalated=(item.escalated) {
+            h2 #(title_id) {
+                span.reference { (r) }
+                @if item.escalated { " " span.badge.failed.overdue { "Overdue: escalated" } }
+            }
+            p.claim {
+                @match (&item.claimed_by, &item.claimed_until) {
+                    (Some(_), Some(until)) if held_by_me => { "Claimed by you until " (until) "." }
+                    (Some(holder), Some(until)) => { "Claimed by " strong { (holder) } " until " (until) ": only they may decide it." }
+                    _ => "Not claimed: claim it before you work on it.",
+                }
+                form.inline method="post" action={ "/approvals/" (r) "/claim" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    @if held_by_me {
+                        button.secondary type="submit" name="action" value="renew" { "Renew claim" }
+                        " "
+                        button.secondary type="submit" name="action" value="release" { "Release" }
+                    } @else if item.claimed_by.is_none() {
+                        button.secondary type="submit" name="action" value="claim" { "Claim" }
+                    }
+                }
+            }
+            @if !approvals_so_far.is_empty() {
+                p.dual-control { "Four eyes: approved so far by " (approvals_so_far.join(", ")) "; another approver must decide." }
+            }
             dl.facts {
                 dt { "Applicant" } dd { (item.applicant_name) }
                 dt { "Amount" } dd { (item.currency.code()) " " (item.amount) }
@@ -33,11 +64,12 @@ fn item(item: &InboxItem, csrf: &str) -> Markup {
                 dt { "Employment" } dd { (words(&item.employment_status)) }
                 dt { "Credit score" } dd { (item.score.map_or_else(|| "—".to_owned(), |s| s.to_string())) }
                 dt { "Waiting since" } dd { (item.waiting_since) }
+                dt { "Due by" } dd { (item.due_at) }
             }
             h3 { "Earlier decisions" }
             ul {
                 @for d in &item.decisions {
-                    li { strong { (step_title(&d.level)) } ": " (d.outcome.as_str()) " — " (d.reason) }
+                    li { strong { (step_title(&d.level)) } ": " (d.outcome.as_str()) " — " (d.reason) " (" (String::from(d.decided_by.clone())) ")" }
                 }
             }
             form method="post" action={ "/approvals/" (r) "/decision" } {
@@ -89,7 +121,7 @@ pub(super) async fn show(
             @if items.is_empty() {
                 p.card { "Nothing is waiting for you. New applications appear here when they need a person's decision." }
             }
-            @for i in &items { (item(i, csrf)) }
+            @for i in &items { (item(i, csrf, &approver.name)) }
         }
     };
     Ok(page(StatusCode::OK, "Approver inbox", body))
@@ -120,8 +152,46 @@ pub(super) async fn decide(
         Ok(accepted) => back("done", &accepted.reference),
         Err(ApiError::Validation(_)) => back("error", "Please choose approve or reject and give a reason."),
         Err(ApiError::NotAwaitingDecision) => back("error", "That application is no longer waiting for a decision."),
+        Err(ApiError::ClaimedByOther(holder)) => {
+            back("error", &format!("{holder} holds that case; only they may decide it."))
+        }
+        Err(ApiError::AlreadyDecidedByYou) => {
+            back("error", "You approved that case already: another approver must decide it.")
+        }
         Err(ApiError::Forbidden) => back("error", "You may not decide that level."),
         Err(ApiError::NotFound) => back("error", "No such application."),
         Err(e) => return Err(e),
     })
+}
+
+/// Claims, renews or releases a case from the inbox page.
+pub(super) async fn claim(
+    req: HttpRequest,
+    path: web::Path<String>,
+    form: web::Form<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(session) = signed_in(&req, &state).await else {
+        return Ok(sign_in::form(&state, StatusCode::UNAUTHORIZED, "Please sign in again."));
+    };
+    if !session.csrf_ok(form.get("csrf")) {
+        return Ok(sign_in::refused());
+    }
+    let done = match form.get("action").map(String::as_str) {
+        Some("release") => approvals::release(&state, &session.approver, &path).await,
+        _ => approvals::claim(&state, &session.approver, &path).await.map(drop),
+    };
+    let to = match done {
+        Ok(()) => "/approvals".to_owned(),
+        Err(ApiError::ClaimedByOther(holder)) => {
+            let why = format!("{holder} holds that case.");
+            format!("/approvals?error={}", utf8_percent_encode(&why, NON_ALPHANUMERIC))
+        }
+        Err(ApiError::NotAwaitingDecision | ApiError::NotFound | ApiError::Forbidden) => {
+            let why = "That application is no longer waiting for you.";
+            format!("/approvals?error={}", utf8_percent_encode(why, NON_ALPHANUMERIC))
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, to)).finish())
 }

@@ -27,6 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/approvals/session", web::post().to(sign_in::sign_in))
         .route("/approvals/session/end", web::post().to(sign_in::sign_out))
         .route("/approvals/{reference}/decision", web::post().to(inbox::decide))
+        .route("/approvals/{reference}/claim", web::post().to(inbox::claim))
         .route("/static/app.css", web::get().to(css))
         .route("/static/app.js", web::get().to(js));
 }

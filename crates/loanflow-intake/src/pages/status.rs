@@ -203,10 +203,16 @@ pub(super) async fn confirm_withdrawal(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((reference, view)) = load(&state, &path).await? else { return Ok(not_found_page(&path)) };
+    confirmation(&state, &path, None).await
+}
+
+async fn confirmation(state: &AppState, path: &str, error: Option<&str>) -> Result<HttpResponse, ApiError> {
+    let Some((reference, view)) = load(state, path).await? else { return Ok(not_found_page(path)) };
     let r = reference.as_str();
+    let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     let body = html! {
         h1 { "Withdraw application " span.reference { (r) } "?" }
+        @if let Some(error) = error { div.banner.bad role="alert" #reason-error { (error) } }
         @if view.status.is_final() {
             div.banner.bad role="alert" { p { "This application is final: it can no longer be withdrawn." } }
             p { a href={ "/loans/" (r) } { "Back to the application" } }
@@ -214,7 +220,7 @@ pub(super) async fn confirm_withdrawal(
             p { "If you withdraw it, we stop reviewing it and will not book a loan. If the loan was booked a moment before, it stays booked, and this page will say so." }
             form method="post" action={ "/loans/" (r) "/withdraw" } {
                 label for="reason" { "Why are you withdrawing? (optional)" }
-                textarea #reason name="reason" maxlength="500" rows="3" {}
+                textarea #reason name="reason" maxlength="500" rows="3" aria-describedby=[error.map(|_| "reason-error")] {}
                 p {
                     button #confirm-withdrawal type="submit" { "Yes, withdraw it" }
                     " "
@@ -223,7 +229,7 @@ pub(super) async fn confirm_withdrawal(
             }
         }
     };
-    Ok(page(StatusCode::OK, &format!("Withdraw {reference}"), body))
+    Ok(page(status, &format!("Withdraw {reference}"), body))
 }
 
 /// The confirmed withdrawal: back to the status page, which shows it being processed.
@@ -238,7 +244,11 @@ pub(super) async fn withdraw(
         Err(e) => Err(e),
     };
     match done {
-        Ok(()) | Err(ApiError::AlreadyFinal) | Err(ApiError::Validation(_)) => {}
+        Ok(()) | Err(ApiError::AlreadyFinal) => {}
+        Err(ApiError::Validation(_)) => {
+            let why = "The reason may have at most 500 characters, without control characters.";
+            return confirmation(&state, &path, Some(why)).await;
+        }
         Err(ApiError::NotFound) => return Ok(not_found_page(&path)),
         Err(e) => return Err(e),
     }

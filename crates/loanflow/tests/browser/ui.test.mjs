@@ -9,8 +9,9 @@ import { chromium } from "playwright-core";
 const BASE = process.env.LOANFLOW_URL;
 const TOKEN = process.env.LOANFLOW_MANAGER_TOKEN;
 const WAITING = process.env.LOANFLOW_WAITING_REFERENCE;
+const WITHDRAWABLE = process.env.LOANFLOW_WITHDRAWABLE_REFERENCE;
 const SHOTS = process.env.LOANFLOW_SCREENSHOTS;
-assert.ok(BASE && TOKEN && WAITING && SHOTS, "run through crates/loanflow/tests/browser.rs");
+assert.ok(BASE && TOKEN && WAITING && WITHDRAWABLE && SHOTS, "run through crates/loanflow/tests/browser.rs");
 mkdirSync(SHOTS, { recursive: true });
 
 let browser;
@@ -145,6 +146,9 @@ test("an approver signs in, approves a large application, and its status shows w
   await card.waitFor();
   assert.match(await card.textContent(), /60000\.00/);
   assert.match(await card.textContent(), /Credit score\s*760/);
+  assert.match(await card.textContent(), /Not claimed/);
+  await card.getByRole("button", { name: "Claim" }).click();
+  await page.locator(`article[data-reference="${WAITING}"]`).filter({ hasText: "Claimed by you" }).waitFor();
   await page.screenshot({ path: `${SHOTS}/inbox.png`, fullPage: true });
 
   await card.getByLabel(/Reason/).fill("Collateral verified");
@@ -154,6 +158,21 @@ test("an approver signs in, approves a large application, and its status shows w
   await page.goto(`${BASE}/loans/${WAITING}`);
   await page.locator('#status-badge[data-status="approved"]').waitFor({ timeout: 30000 });
   assert.match(await page.locator('li[data-level="manager"]').textContent(), /approver:grace/);
+  await page.close();
+});
+
+test("an applicant withdraws from the status page after a confirmation step", async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1200 } });
+  await page.goto(`${BASE}/loans/${WITHDRAWABLE}`);
+  await page.getByRole("link", { name: "Withdraw this application" }).click();
+  await page.getByRole("heading", { name: /Withdraw application/ }).waitFor();
+  assert.equal(await page.locator('#status-badge').count(), 0, "the confirmation step withdraws nothing yet");
+  await page.getByLabel(/Why are you withdrawing/).fill("Found a better rate");
+  await page.getByRole("button", { name: "Yes, withdraw it" }).click();
+  await page.locator('#status-badge[data-status="withdrawn"]').waitFor({ timeout: 30000 });
+  const entry = page.locator('li[data-level="applicant"][data-outcome="withdrawn"]');
+  assert.match(await entry.textContent(), /Found a better rate/);
+  assert.equal(await page.getByRole("link", { name: "Withdraw this application" }).count(), 0, "final: no button");
   await page.close();
 });
 

@@ -184,4 +184,14 @@ if [ "${LOANFLOW_SKIP_BROWSER:-}" != 1 ]; then
     (cd "$browser_tests" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 fi
+# --- the API description's checks: an OpenAPI validator and schemathesis, pinned, in a
+# virtual environment of the build's own (target/ is never committed)
+if [ "${LOANFLOW_SKIP_BROWSER:-}" != 1 ]; then
+  tools="$(dirname "$0")/../target/tools/py"
+  if [ ! -x "$tools/bin/schemathesis" ] || [ ! -x "$tools/bin/openapi-spec-validator" ]; then
+    say "installing the API description's checks (schemathesis, openapi-spec-validator)"
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install --quiet --disable-pip-version-check -r "$(dirname "$0")/api-tools.txt"
+  fi
+fi
 say "PostgreSQL and RabbitMQ are up"

@@ -24,7 +24,7 @@ const MAX_EMAIL_CHARS: usize = 254;
 /// Broken fields, keyed by JSON path (`applicant.email`), each with a reason.
 pub type FieldErrors = BTreeMap<String, String>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EmploymentStatus {
     Employed,
@@ -34,7 +34,7 @@ pub enum EmploymentStatus {
     Student,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Purpose {
     HomeImprovement,
@@ -47,7 +47,7 @@ pub enum Purpose {
 
 /// Currencies a product may offer. The default product offers USD only; adding a
 /// currency is a product decision, made here and in the contract together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Currency {
     USD,
 }
@@ -95,6 +95,14 @@ impl From<NationalId> for String {
     }
 }
 
+impl utoipa::PartialSchema for NationalId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::money::string_schema("^[A-Z0-9]{6,20}$", "6 to 20 characters of A-Z and 0-9")
+    }
+}
+
+impl utoipa::ToSchema for NationalId {}
+
 impl fmt::Debug for NationalId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("NationalId(<redacted>)")
@@ -102,11 +110,17 @@ impl fmt::Debug for NationalId {
 }
 
 /// The person applying. Every field but the name and email is used by a rule.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Applicant {
+    /// 1 to 200 characters after trimming.
+    #[schema(min_length = 1, max_length = 200)]
     pub full_name: String,
+    /// A plausible address: one `@`, a dot in the domain.
+    #[schema(max_length = 254, pattern = "^[^@]+@[^@]+\\.[^@]+$")]
     pub email: String,
     pub national_id: NationalId,
+    /// A real calendar date in the past.
+    #[schema(value_type = String, format = Date)]
     pub date_of_birth: NaiveDate,
     pub annual_income: Money,
     pub monthly_debts: Money,
@@ -120,11 +134,14 @@ impl fmt::Debug for Applicant {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A loan application, as submitted (`POST /api/loans`); the amount from 500.00 to
+/// 1000000.00.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Application {
     pub applicant: Applicant,
     pub amount: Money,
     pub currency: Currency,
+    #[schema(minimum = 6, maximum = 360)]
     pub term_months: u16,
     pub purpose: Purpose,
 }

@@ -91,6 +91,26 @@ impl fmt::Debug for Money {
     }
 }
 
+/// A string schema with a pattern (money, identifiers): what the contract fixes as text.
+pub(crate) fn string_schema(
+    pattern: &str,
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern)).description(Some(description)).build().into()
+}
+
+impl utoipa::PartialSchema for Money {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            "^[0-9]+(\\.[0-9]{1,2})?$",
+            "A decimal amount as a string: digits, optionally a point and one or two fraction digits.",
+        )
+    }
+}
+
+impl utoipa::ToSchema for Money {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

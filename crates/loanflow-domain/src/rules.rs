@@ -186,11 +186,12 @@ impl Default for UnderwritingPolicy {
 }
 
 /// The loan offered: what the ledger books and the applicant sees.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Offer {
     pub amount: Money,
     /// A decimal fraction (`0.0749`), serialised as a string like money.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, pattern = "^[0-9]+(\\.[0-9]+)?$")]
     pub annual_rate: Decimal,
     pub term_months: u16,
     pub monthly_payment: Money,

@@ -5,7 +5,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Submitted,
@@ -59,7 +59,7 @@ impl fmt::Display for Status {
 /// What an entry of an application's timeline says. A level decides `approved` or
 /// `rejected`; the applicant's withdrawal and an escalation of a waiting application
 /// are entries of the timeline too, though no level decided them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Approved,
@@ -100,6 +100,14 @@ pub enum DecidedBy {
     Approver(String),
 }
 
+impl utoipa::PartialSchema for DecidedBy {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::money::string_schema("^(auto|applicant|approver:.+)$", "`auto`, `applicant` or `approver:<name>`")
+    }
+}
+
+impl utoipa::ToSchema for DecidedBy {}
+
 impl TryFrom<String> for DecidedBy {
     type Error = String;
     fn try_from(value: String) -> Result<Self, Self::Error> {
@@ -125,12 +133,13 @@ impl From<DecidedBy> for String {
 }
 
 /// One level's decision, as it appears in the status and in the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Decision {
     pub level: String,
     pub outcome: Outcome,
     pub reason: String,
     pub decided_by: DecidedBy,
+    #[schema(value_type = String, format = DateTime)]
     pub decided_at: DateTime<Utc>,
 }
 

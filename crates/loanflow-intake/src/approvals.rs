@@ -71,7 +71,7 @@ pub fn by_name(approvers: &[ApproverSettings], name: &str) -> Option<Approver> {
 }
 
 /// One application in an approver's inbox: the API's item and the inbox page's view.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InboxItem {
     pub reference: String,
     pub level: String,
@@ -84,11 +84,14 @@ pub struct InboxItem {
     pub monthly_debts: Money,
     pub employment_status: EmploymentStatus,
     pub score: Option<i32>,
+    #[schema(format = DateTime)]
     pub waiting_since: String,
     /// When it is (or was) due for escalation.
+    #[schema(format = DateTime)]
     pub due_at: String,
     pub escalated: bool,
     pub claimed_by: Option<String>,
+    #[schema(format = DateTime)]
     pub claimed_until: Option<String>,
     pub decisions: Vec<Decision>,
 }
@@ -143,10 +146,13 @@ pub async fn inbox(state: &AppState, levels: Vec<String>) -> Result<Vec<InboxIte
     Ok(items?)
 }
 
-#[derive(Debug, Serialize)]
+/// A decision taken.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DecisionAccepted)]
 pub struct Accepted {
     pub reference: String,
     pub level: String,
+    /// `approve` or `reject`.
     pub decision: &'static str,
     pub decided_by: String,
     pub status: Status,
@@ -231,10 +237,11 @@ pub async fn decide(
 }
 
 /// What a claim answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Claimed {
     pub reference: String,
     pub claimed_by: String,
+    #[schema(format = DateTime)]
     pub claimed_until: String,
 }
 

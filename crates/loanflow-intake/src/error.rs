@@ -55,47 +55,75 @@ pub enum ApiError {
     Internal(#[from] DbError),
 }
 
+/// Every error code the API answers with, as `error` in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+    InvalidIdempotencyKey,
+    IdempotencyKeyReused,
+    NotFound,
+    Unauthorized,
+    Forbidden,
+    NotAwaitingDecision,
+    ClaimedByOther,
+    AlreadyDecidedByYou,
+    AlreadyFinal,
+    RateLimited,
+    RequestTimeout,
+    BadRequest,
+    Unavailable,
+    Internal,
+}
+
 /// The contract's error codes: (code, status). `fields` accompanies 422 only.
 impl ApiError {
-    fn code_and_status(&self) -> (&'static str, StatusCode) {
+    fn code_and_status(&self) -> (ErrorCode, StatusCode) {
         match self {
-            ApiError::InvalidJson => ("invalid_json", StatusCode::BAD_REQUEST),
-            ApiError::NotAnObject => ("invalid_json", StatusCode::BAD_REQUEST),
-            ApiError::TooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
-            ApiError::UnsupportedMediaType => ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
-            ApiError::Validation(_) => ("validation_failed", StatusCode::UNPROCESSABLE_ENTITY),
-            ApiError::InvalidIdempotencyKey => ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
-            ApiError::IdempotencyKeyReused => ("idempotency_key_reused", StatusCode::CONFLICT),
-            ApiError::NotFound | ApiError::NoRoute => ("not_found", StatusCode::NOT_FOUND),
-            ApiError::Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
-            ApiError::StepUnavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
-            ApiError::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
-            ApiError::NotAwaitingDecision => ("not_awaiting_decision", StatusCode::CONFLICT),
-            ApiError::ClaimedByOther(_) => ("claimed_by_other", StatusCode::CONFLICT),
-            ApiError::AlreadyDecidedByYou => ("already_decided_by_you", StatusCode::CONFLICT),
-            ApiError::AlreadyFinal => ("already_final", StatusCode::CONFLICT),
-            ApiError::RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
-            ApiError::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
-            ApiError::BadRequest(_) => ("bad_request", StatusCode::BAD_REQUEST),
+            ApiError::InvalidJson => (ErrorCode::InvalidJson, StatusCode::BAD_REQUEST),
+            ApiError::NotAnObject => (ErrorCode::InvalidJson, StatusCode::BAD_REQUEST),
+            ApiError::TooLarge(_) => (ErrorCode::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE),
+            ApiError::UnsupportedMediaType => (ErrorCode::UnsupportedMediaType, StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            ApiError::Validation(_) => (ErrorCode::ValidationFailed, StatusCode::UNPROCESSABLE_ENTITY),
+            ApiError::InvalidIdempotencyKey => (ErrorCode::InvalidIdempotencyKey, StatusCode::BAD_REQUEST),
+            ApiError::IdempotencyKeyReused => (ErrorCode::IdempotencyKeyReused, StatusCode::CONFLICT),
+            ApiError::NotFound | ApiError::NoRoute => (ErrorCode::NotFound, StatusCode::NOT_FOUND),
+            ApiError::Unauthorized => (ErrorCode::Unauthorized, StatusCode::UNAUTHORIZED),
+            ApiError::StepUnavailable(_) => (ErrorCode::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::Forbidden => (ErrorCode::Forbidden, StatusCode::FORBIDDEN),
+            ApiError::NotAwaitingDecision => (ErrorCode::NotAwaitingDecision, StatusCode::CONFLICT),
+            ApiError::ClaimedByOther(_) => (ErrorCode::ClaimedByOther, StatusCode::CONFLICT),
+            ApiError::AlreadyDecidedByYou => (ErrorCode::AlreadyDecidedByYou, StatusCode::CONFLICT),
+            ApiError::AlreadyFinal => (ErrorCode::AlreadyFinal, StatusCode::CONFLICT),
+            ApiError::RateLimited(_) => (ErrorCode::RateLimited, StatusCode::TOO_MANY_REQUESTS),
+            ApiError::RequestTimeout => (ErrorCode::RequestTimeout, StatusCode::REQUEST_TIMEOUT),
+            ApiError::BadRequest(_) => (ErrorCode::BadRequest, StatusCode::BAD_REQUEST),
             // No connection could be had in time: the database is down or saturated, which
             // a retry may outlive. Everything else unexpected is a 500.
             ApiError::Internal(DbError::Pool(_) | DbError::Unavailable(_)) => {
-                ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
+                (ErrorCode::Unavailable, StatusCode::SERVICE_UNAVAILABLE)
             }
-            ApiError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+            ApiError::Internal(_) => (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: String,
+/// The body of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorCode,
+    pub message: String,
+    /// What is wrong with each field, by JSON path (`422 validation_failed` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    fields: Option<&'a BTreeMap<String, String>>,
-    /// Who holds a case (`claimed_by_other`).
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub fields: Option<&'a BTreeMap<String, String>>,
+    /// Who holds the case (`409 claimed_by_other` only), `approver:<name>`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    claimed_by: Option<&'a str>,
+    #[schema(value_type = Option<String>)]
+    pub claimed_by: Option<&'a str>,
 }
 
 impl ResponseError for ApiError {
@@ -194,7 +222,7 @@ mod tests {
     fn a_database_that_cannot_be_reached_answers_503_and_other_failures_500() {
         let unavailable = ApiError::Internal(DbError::Unavailable("timed out waiting for connection".into()));
         assert_eq!(unavailable.status_code(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(unavailable.code_and_status().0, "unavailable");
+        assert_eq!(unavailable.code_and_status().0, ErrorCode::Unavailable);
         let broken = ApiError::Internal(DbError::Corrupt("unknown status".into()));
         assert_eq!(broken.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }

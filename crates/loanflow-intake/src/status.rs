@@ -12,23 +12,30 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store;
 
-#[derive(Serialize)]
+/// An application's status: where it is, and its timeline of decisions.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StatusBody {
     reference: String,
     status: Status,
     current_level: Option<String>,
+    #[schema(format = DateTime)]
     submitted_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
     decisions: Vec<DecisionBody>,
+    /// Set once approved.
     offer: Option<Offer>,
 }
 
-#[derive(Serialize)]
+/// One entry of the timeline: a level's decision, the applicant's withdrawal, or an
+/// escalation.
+#[derive(Serialize, utoipa::ToSchema)]
 struct DecisionBody {
     level: String,
     outcome: loanflow_domain::Outcome,
     reason: String,
     decided_by: loanflow_domain::DecidedBy,
+    #[schema(format = DateTime)]
     decided_at: String,
 }
 

@@ -9,9 +9,10 @@ use crate::error::ApiError;
 
 mod approvals;
 mod loans;
+pub mod openapi;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.configure(loans::routes).configure(approvals::routes);
+    cfg.configure(loans::routes).configure(approvals::routes).route("/api/openapi.json", web::get().to(openapi::serve));
 }
 
 /// Unknown paths answer in the contract's error shape too.

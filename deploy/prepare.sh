@@ -179,7 +179,7 @@ if [ "${LOANFLOW_SKIP_BROWSER:-}" != 1 ]; then
   command -v chromium >/dev/null || apt_install chromium
   command -v node >/dev/null || apt_install nodejs npm
   browser_tests="$(dirname "$0")/../crates/loanflow/tests/browser"
-  if [ ! -d "$browser_tests/node_modules/playwright-core" ]; then
+  if [ ! -d "$browser_tests/node_modules/playwright-core" ] || [ ! -d "$browser_tests/node_modules/@asyncapi/parser" ]; then
     say "installing the browser tests' dependencies"
     (cd "$browser_tests" && npm ci --no-audit --no-fund --loglevel=error)
   fi

@@ -26,7 +26,7 @@ pub const WITHDRAWAL_ROUTE: &str = "withdrawal";
 /// Namespace of the derived (v5) message ids.
 const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c6f_616e_666c_6f77_0000_0000_0000_0001);
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Envelope<B> {
     pub message_id: Uuid,
     pub reference: Reference,
@@ -65,7 +65,7 @@ pub fn derived_message_id(reference: &Reference, what: &str) -> Uuid {
 /// The routing slip: the steps an application goes through, fixed when it is
 /// submitted. It travels with the application, so changing the configured chain
 /// affects new applications only, never those in flight.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoutingSlip {
     pub steps: Vec<String>,
     pub position: usize,
@@ -97,7 +97,7 @@ impl RoutingSlip {
 }
 
 /// An application travelling the chain, with what the levels so far have found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkItem {
     pub application: Application,
     pub submitted_at: DateTime<Utc>,
@@ -110,7 +110,7 @@ pub struct WorkItem {
 }
 
 /// A person's decision at a human level, sent by the intake to that level's queue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApproverDecision {
     pub level: String,
     pub outcome: crate::status::Outcome,
@@ -125,7 +125,7 @@ pub struct ApproverDecision {
 }
 
 /// An approval given before the decision that carries it (dual control).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EarlierApproval {
     pub approver: String,
     pub reason: String,
@@ -133,7 +133,7 @@ pub struct EarlierApproval {
 }
 
 /// The applicant withdraws the application, sent by the intake to the ledger.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Withdrawal {
     pub reason: Option<String>,
     pub requested_at: DateTime<Utc>,
@@ -152,7 +152,7 @@ impl Withdrawal {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum WorkMessage {
     #[serde(rename = "loan.work.v1")]
@@ -186,7 +186,7 @@ pub enum StepOutcome {
 /// `seq` orders the events of one application so that a projection can apply them
 /// in any order, and more than once: 2·n for the n-th decision, 2·n + 1 for progress
 /// that follows n decisions without one (waiting for a person, booked, failed).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusEvent {
     pub seq: u32,
     pub status: Status,
@@ -273,7 +273,7 @@ impl StatusEvent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum StatusMessage {
     #[serde(rename = "loan.status.v1")]
@@ -286,7 +286,7 @@ pub enum StatusMessage {
 }
 
 /// One application's event inside a [`StatusMessage::BatchV1`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReferencedStatus {
     pub reference: Reference,
     pub event: StatusEvent,

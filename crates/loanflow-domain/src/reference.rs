@@ -14,7 +14,8 @@ pub const RANDOM_BYTES: usize = 15;
 const BODY_LEN: usize = RANDOM_BYTES * 8 / 5;
 
 /// An application's reference, `LN-` followed by 24 base-32 characters.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(value_type = String, pattern = "^LN-[0-9A-Z]{24}$")]
 #[serde(try_from = "String", into = "String")]
 pub struct Reference(String);
 

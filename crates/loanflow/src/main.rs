@@ -71,6 +71,9 @@ enum Command {
     /// Prints the broker's setup (vhost, users without passwords, permissions, policy,
     /// topology) as RabbitMQ definitions, for a deployment that imports them.
     BrokerDefinitions,
+    /// Prints the AsyncAPI 3.0 document of the broker's exchanges, queues and messages
+    /// (`schema/asyncapi.json` is the committed copy).
+    Asyncapi,
     /// The dead-letter queue: list what is there, replay it.
     Dlq {
         #[command(subcommand)]
@@ -147,6 +150,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Simulate { .. } | Command::Token => unreachable!("handled above: they need no configuration"),
         Command::Dlq { action } => return dlq(&settings, action).await,
         Command::Audit { action: AuditAction::Verify } => return audit_verify(&settings).await,
+        Command::Asyncapi => {
+            let document = loanflow_platform::broker::asyncapi::document(&settings);
+            println!("{}", serde_json::to_string_pretty(&document)?);
+            return Ok(());
+        }
         Command::BrokerDefinitions => {
             let definitions = loanflow_platform::broker::access::definitions(&settings);
             println!("{}", serde_json::to_string_pretty(&definitions)?);

@@ -25,6 +25,7 @@ use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 
 pub mod access;
+pub mod asyncapi;
 mod connection;
 mod consumer;
 mod publisher;

@@ -249,6 +249,8 @@ async fn above_the_dual_control_threshold_two_different_approvers_must_approve()
         [json!("approver:grace"), json!("approver:alan")],
         "one entry per decision, in the order made: {status}"
     );
+    let page = system.http.get(system.url(&format!("/loans/{reference}"))).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("approver:grace") && page.contains("approver:alan"), "the status page shows both approvals");
 
     // Two approvers racing on a four-eyes case: both approvals count, it goes on.
     let racing = waiting(&system, "400000.00").await;
@@ -345,8 +347,14 @@ async fn a_case_waiting_past_its_due_time_is_escalated_even_across_a_restart() {
     let (code, _) = decide(&system, ESCALATION_TOKEN, &reference, "approve").await;
     assert_eq!(code, 403, "not theirs before it is escalated");
 
-    // The timer is pending while the intake restarts; time passes meanwhile.
+    // While it waits, no broker delivery is held for it: the case is a row.
+    assert_eq!(loanflow_platform::broker::unacknowledged(&system.vhost), 0);
+    // The timer is pending while every service restarts; time passes meanwhile.
+    system.stop_levels().await;
     system.restart_intake(|_| {}).await;
+    for level in system.settings.chain.names() {
+        system.start_level(&level).await;
+    }
     system.settings.clock.advance(Duration::from_secs(4 * 3600 + 60));
     let escalated =
         wait_until(WITHIN, || async { !inbox(&system, ESCALATION_TOKEN, "manager-escalated").await.is_empty() }).await;

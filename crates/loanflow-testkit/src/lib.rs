@@ -405,6 +405,22 @@ impl TestSystem {
         }
     }
 
+    /// Starts another intake instance beside the first, on the same database (its own
+    /// address, its own relay and status consumer): returns its base URL.
+    pub async fn start_another_intake(&mut self) -> String {
+        let running =
+            loanflow_intake::start(self.intake_settings.clone(), self.stop.clone()).await.expect("another intake");
+        let url = format!("http://{}", running.addr.expect("intake address"));
+        self.services.push(running);
+        url
+    }
+
+    /// Starts another ledger instance, sharing the ledger's queue and database.
+    pub async fn start_another_ledger(&mut self) {
+        let running = loanflow_ledger::start(self.settings.clone(), self.stop.clone()).await.expect("another ledger");
+        self.services.push(running);
+    }
+
     /// Stops the intake (gracefully, as a deployment does) and starts it again, with
     /// its settings changed by `change` (a new chain, say). Its address changes.
     pub async fn restart_intake(&mut self, change: impl FnOnce(&mut Settings)) {

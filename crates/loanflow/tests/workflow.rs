@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{Months, Utc};
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use loanflow_platform::broker::step_queue;
@@ -264,5 +265,78 @@ async fn every_service_counts_its_requests_decisions_and_pool_waits() {
     assert!(!intake.contains(&reference), "no reference in a label: routes are patterns");
     let level = metrics(format!("{}/metrics", system.level_health_urls()[0])).await;
     assert!(level.contains(r#"loanflow_decisions_total{level="kyc",outcome="approved"}"#), "decisions by level");
+    system.shutdown().await;
+}
+
+/// Scale-out: three instances of credit, two of every other service — two intakes on one
+/// database among them — under one load. The work spreads over the instances of each
+/// level, every application is decided exactly once per level, and the status every
+/// intake answers is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_instances_of_every_service_work_spreads_and_each_application_is_decided_once_per_level() {
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    let tap = system.tap_status_events().await;
+    let mut instances: Vec<(&str, Vec<std::sync::Arc<loanflow_level::LevelStats>>)> = Vec::new();
+    for (level, count) in [("kyc", 2), ("credit", 3), ("underwriting", 2), ("manager", 2)] {
+        let mut stats = Vec::new();
+        for _ in 0..count {
+            stats.push(system.start_level(level).await);
+        }
+        instances.push((level, stats));
+    }
+    system.start_another_ledger().await;
+    let intakes = [system.base_url.clone(), system.start_another_intake().await];
+
+    const N: usize = 300;
+    // One in six rejected by credit; the rest approved. Alternating between the intakes.
+    let expected = |i: usize| if i % 6 == 0 { "rejected" } else { "approved" };
+    let refs: Vec<String> = futures_util::stream::iter(0..N)
+        .map(|i| {
+            let (system, url) = (&system, intakes[i % 2].clone());
+            async move {
+                let body = application(if i % 6 == 0 { 500 } else { 720 + (i % 100) as u16 });
+                let response = system.http.post(format!("{url}/api/loans")).json(&body).send().await.unwrap();
+                assert_eq!(response.status(), 202);
+                response.json::<serde_json::Value>().await.unwrap()["reference"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    // Each reference is known to both intakes, whichever recorded it.
+    for (i, reference) in refs.iter().enumerate() {
+        let url = &intakes[(i + 1) % 2];
+        let final_status = loanflow_testkit::wait_until(FINAL_WITHIN, || async {
+            let status: serde_json::Value =
+                system.http.get(format!("{url}/api/loans/{reference}")).send().await.unwrap().json().await.unwrap();
+            status["status"] != "submitted" && status["status"] != "in_review"
+        })
+        .await;
+        assert!(final_status, "{reference} reached a final status");
+    }
+    let mut approved = 0;
+    for reference in &refs {
+        let status = system.status(reference).await;
+        let name = status["status"].as_str().unwrap().to_owned();
+        assert!(name == "approved" || name == "rejected", "{status}");
+        let levels = if name == "approved" { 4 } else { 2 };
+        assert_eq!(status["decisions"].as_array().unwrap().len(), levels, "{status}");
+        approved += usize::from(name == "approved");
+    }
+    assert_eq!(approved, (0..N).filter(|i| expected(*i) == "approved").count());
+    assert_eq!(system.count("ledger", "loans", None).await as usize, approved, "each approved loan booked once");
+    for (level, stats) in &instances {
+        let on_wire = tap.decisions_by(level);
+        let reached = refs.iter().filter(|r| on_wire.contains_key(*r)).count();
+        assert!(
+            refs.iter().all(|r| on_wire.get(r).copied().unwrap_or(0) <= 1),
+            "{level}: a second decision on the wire"
+        );
+        let decided: Vec<u64> = stats.iter().map(|s| s.decided.load(std::sync::atomic::Ordering::Relaxed)).collect();
+        println!("{level}: {decided:?} of {reached}");
+        assert_eq!(decided.iter().sum::<u64>() as usize, reached, "{level}: each application decided once");
+        assert!(decided.iter().all(|d| *d > 0), "{level}: every instance took work: {decided:?}");
+    }
+    assert!(tap.conflicting_decisions().is_empty());
     system.shutdown().await;
 }

@@ -75,6 +75,7 @@ pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Resul
     let (addr, tasks) = serve(&settings, state, health, &shutdown)?;
     tasks.spawn(relay::run(settings.clone(), pool.clone(), relay_wake, relay_health, shutdown.clone()));
     tasks.spawn(db::watch(pool.clone(), database_health, shutdown.clone()));
+    tasks.spawn(sample_outbox(pool.clone(), settings.intake.database.schema.to_string(), shutdown.clone()));
     let poll = std::time::Duration::from_millis(settings.intake.escalation_poll_ms);
     tasks.spawn(escalation::run(pool.clone(), settings.clock.clone(), escalate_after, poll, shutdown.clone()));
     let (keys, hours) = (pool.clone(), settings.intake.idempotency_hours);
@@ -103,6 +104,27 @@ pub async fn start(mut settings: Settings, shutdown: CancellationToken) -> Resul
     ));
     tracing::info!(%addr, "intake listening");
     Ok(Running::new(Some(addr), tasks))
+}
+
+/// Samples the outbox's backlog into the metrics every few seconds (apart from the
+/// relay, so that the hot path runs no extra statement).
+async fn sample_outbox(pool: db::PgPool, schema: String, shutdown: CancellationToken) {
+    use loanflow_platform::metrics::{OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE};
+    let mut rounds = tokio::time::interval(std::time::Duration::from_secs(2));
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = rounds.tick() => {}
+        }
+        match db::blocking(&pool, |conn| store::outbox_backlog(conn, chrono::Utc::now())).await {
+            Ok((count, age)) => {
+                metrics::gauge!(OUTBOX_BACKLOG, "schema" => schema.clone()).set(count as f64);
+                metrics::gauge!(OUTBOX_OLDEST_AGE, "schema" => schema.clone()).set(age);
+            }
+            Err(e) => tracing::debug!(error = %e, "outbox not sampled"),
+        }
+    }
 }
 
 /// The public API, pages and health on `intake.listen`, stopped gracefully (requests in

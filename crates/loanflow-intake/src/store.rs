@@ -432,6 +432,14 @@ pub fn claim_outbox(conn: &mut PgConnection, batch: i64) -> Result<Vec<OutboxRow
     .load(conn)?)
 }
 
+/// How many messages wait in the outbox, and how old the oldest is (seconds; 0 if none).
+pub fn outbox_backlog(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(i64, f64), DbError> {
+    let (count, oldest): (i64, Option<DateTime<Utc>>) =
+        outbox::table.select((diesel::dsl::count_star(), diesel::dsl::min(outbox::created_at))).first(conn)?;
+    let age = oldest.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+    Ok((count, age))
+}
+
 /// Removes rows whose messages the broker has confirmed.
 pub fn delete_outbox(conn: &mut PgConnection, ids: &[i64]) -> Result<(), DbError> {
     diesel::delete(outbox::table.filter(outbox::id.eq_any(ids))).execute(conn)?;

@@ -13,7 +13,8 @@
 //! counts and times its requests (`loanflow_http_requests_total`,
 //! `loanflow_http_request_duration_seconds`, by method, route pattern and status); levels
 //! count their decisions (`loanflow_decisions_total`, by level and outcome); every pool
-//! times the wait for a connection (`loanflow_db_pool_wait_seconds`).
+//! times the wait for a connection (`loanflow_db_pool_wait_seconds`); the intake samples
+//! its outbox (`loanflow_outbox_backlog`, `loanflow_outbox_oldest_age_seconds`).
 
 use std::sync::OnceLock;
 
@@ -34,6 +35,10 @@ pub const DECISIONS: &str = "loanflow_decisions_total";
 pub const POOL_WAIT: &str = "loanflow_db_pool_wait_seconds";
 /// 1 while a part of a service (a consumer, the relay, the database) is up, else 0.
 pub const HEALTH_PART_UP: &str = "loanflow_health_part_up";
+/// Messages in the intake's outbox not yet confirmed by the broker, and the age of the
+/// oldest (0 when empty): what a broker outage has piled up.
+pub const OUTBOX_BACKLOG: &str = "loanflow_outbox_backlog";
+pub const OUTBOX_OLDEST_AGE: &str = "loanflow_outbox_oldest_age_seconds";
 
 const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];

@@ -83,6 +83,16 @@ async fn intake_survives_its_broker_connection_cut_for_ten_seconds() {
     assert_eq!(body.1["parts"]["database"], true);
     // Applicants are still answered at once: their applications wait in the outbox.
     refs.extend(submit_many(&system, 150).await);
+    // The backlog shows in the metrics: what an operator alerts on.
+    let schema = system.settings.intake.database.schema.to_string();
+    let backlog = format!("loanflow_outbox_backlog{{schema=\"{schema}\"}} ");
+    let seen = wait_until(Duration::from_secs(5), || async {
+        let metrics = system.http.get(system.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let value = metrics.lines().find_map(|l| l.strip_prefix(backlog.as_str())?.parse::<f64>().ok());
+        value.is_some_and(|n| n >= 150.0)
+    })
+    .await;
+    assert!(seen, "{backlog}≥ 150 in /metrics");
     tokio::time::sleep(OUTAGE).await; // the outage itself, not a wait for a condition
     system.intake_broker.restore();
     assert!(wait_part(&system, "outbox-relay", true).await, "the relay reconnects");

@@ -289,12 +289,12 @@ async fn with_several_instances_of_every_service_work_spreads_and_each_applicati
 
     const N: usize = 300;
     // One in six rejected by credit; the rest approved. Alternating between the intakes.
-    let expected = |i: usize| if i % 6 == 0 { "rejected" } else { "approved" };
+    let expected = |i: usize| if i.is_multiple_of(6) { "rejected" } else { "approved" };
     let refs: Vec<String> = futures_util::stream::iter(0..N)
         .map(|i| {
             let (system, url) = (&system, intakes[i % 2].clone());
             async move {
-                let body = application(if i % 6 == 0 { 500 } else { 720 + (i % 100) as u16 });
+                let body = application(if i.is_multiple_of(6) { 500 } else { 720 + (i % 100) as u16 });
                 let response = system.http.post(format!("{url}/api/loans")).json(&body).send().await.unwrap();
                 assert_eq!(response.status(), 202);
                 response.json::<serde_json::Value>().await.unwrap()["reference"].as_str().unwrap().to_owned()

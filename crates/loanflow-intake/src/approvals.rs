@@ -67,6 +67,10 @@ pub fn failed_sign_in(state: &AppState, req: &actix_web::HttpRequest) -> ApiErro
 
 /// The approver of that name as configured now (a session outlives no removal).
 pub fn by_name(approvers: &[ApproverSettings], name: &str) -> Option<Approver> {
+    // A name with a colon is no approver's (`operator:<name>` names an operator's session).
+    if name.contains(':') {
+        return None;
+    }
     approvers.iter().find(|a| a.name == name).map(|a| Approver { name: a.name.clone(), levels: a.levels.clone() })
 }
 

@@ -1,4 +1,6 @@
-//! Approver sessions for the pages, kept on the server.
+//! Page sessions of approvers (the inbox) and operators (the operations page), kept on
+//! the server. An operator's session names `operator:<name>`; an approver's, the
+//! approver's name (which never has a colon), so neither can pass for the other.
 //!
 //! Signing in with a token creates a session: a random id in a cookie, and a row (the
 //! id's digest, the approver's name, the session's CSRF token, its expiry) in the
@@ -23,7 +25,7 @@ use subtle::ConstantTimeEq;
 
 use loanflow_platform::db::{blocking, DbError, PgPool};
 use loanflow_platform::secret::{new_token, TokenHash};
-use loanflow_platform::settings::IntakeSettings;
+use loanflow_platform::settings::{IntakeSettings, OperatorSettings};
 
 use crate::approvals::{self, Approver, Approvers};
 use crate::schema::approver_sessions;
@@ -35,6 +37,17 @@ pub struct Session {
     pub csrf: String,
     id: TokenHash,
 }
+
+/// A signed-in operator and the CSRF token of their forms.
+#[derive(Debug, Clone)]
+pub struct OperatorSession {
+    pub name: String,
+    pub csrf: String,
+    id: TokenHash,
+}
+
+/// How an operator's session names them.
+pub const OPERATOR_PREFIX: &str = "operator:";
 
 /// How sessions are made: their lifetimes and their cookies' kind.
 #[derive(Debug, Clone)]
@@ -73,29 +86,56 @@ impl Sessions {
         Cookie::build(name, value).path("/").http_only(true).secure(self.secure).same_site(SameSite::Strict).finish()
     }
 
-    /// The session the request's cookie names, if it is live: its idle expiry moves on.
-    pub async fn current(&self, req: &HttpRequest, pool: &PgPool, approvers: &Approvers) -> Option<Session> {
+    /// The live session the request's cookie names (who, its CSRF token, its id): its
+    /// idle expiry moves on.
+    async fn live(&self, req: &HttpRequest, pool: &PgPool) -> Option<(String, String, TokenHash)> {
         let id = TokenHash::of(req.cookie(self.session_cookie_name())?.value());
         let (idle, lifetime) = (self.idle, self.lifetime);
         let key = id.clone();
-        let found = blocking(pool, move |conn| touch(conn, &key, Utc::now(), idle, lifetime)).await;
-        let (name, csrf) = match found {
-            Ok(found) => found?,
+        match blocking(pool, move |conn| touch(conn, &key, Utc::now(), idle, lifetime)).await {
+            Ok(found) => found.map(|(who, csrf)| (who, csrf, id)),
             Err(e) => {
                 tracing::warn!(error = %e, "session look-up failed");
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// The approver's session the request's cookie names, if it is live.
+    pub async fn current(&self, req: &HttpRequest, pool: &PgPool, approvers: &Approvers) -> Option<Session> {
+        let (name, csrf, id) = self.live(req, pool).await?;
         let approver = approvals::by_name(approvers, &name)?;
         Some(Session { approver, csrf, id })
     }
 
+    /// The operator's session the request's cookie names, if it is live and the
+    /// operator is still configured.
+    pub async fn current_operator(
+        &self,
+        req: &HttpRequest,
+        pool: &PgPool,
+        operators: &[OperatorSettings],
+    ) -> Option<OperatorSession> {
+        let (who, csrf, id) = self.live(req, pool).await?;
+        let name = who.strip_prefix(OPERATOR_PREFIX)?;
+        operators.iter().any(|o| o.name == name).then(|| OperatorSession { name: name.to_owned(), csrf, id })
+    }
+
     /// Starts a session for `approver`; the cookie to set goes with it.
     pub async fn start(&self, pool: &PgPool, approver: &Approver) -> Result<Cookie<'static>, DbError> {
+        self.start_for(pool, approver.name.clone()).await
+    }
+
+    /// Starts a session for the operator `name`.
+    pub async fn start_operator(&self, pool: &PgPool, name: &str) -> Result<Cookie<'static>, DbError> {
+        self.start_for(pool, format!("{OPERATOR_PREFIX}{name}")).await
+    }
+
+    async fn start_for(&self, pool: &PgPool, who: String) -> Result<Cookie<'static>, DbError> {
         let id = new_token();
         let row = (
             approver_sessions::id_sha256.eq(TokenHash::of(&id).as_bytes().to_vec()),
-            approver_sessions::approver.eq(approver.name.clone()),
+            approver_sessions::approver.eq(who),
             approver_sessions::csrf.eq(new_token()),
             approver_sessions::created_at.eq(Utc::now()),
             approver_sessions::expires_at.eq(Utc::now() + self.idle.min(self.lifetime)),
@@ -110,7 +150,15 @@ impl Sessions {
 
     /// Revokes the session; the cookie that removes it goes back to the browser.
     pub async fn end(&self, pool: &PgPool, session: &Session) -> Result<Cookie<'static>, DbError> {
-        let key = session.id.as_bytes().to_vec();
+        self.end_id(pool, &session.id).await
+    }
+
+    pub async fn end_operator(&self, pool: &PgPool, session: &OperatorSession) -> Result<Cookie<'static>, DbError> {
+        self.end_id(pool, &session.id).await
+    }
+
+    async fn end_id(&self, pool: &PgPool, id: &TokenHash) -> Result<Cookie<'static>, DbError> {
+        let key = id.as_bytes().to_vec();
         blocking(pool, move |conn| {
             diesel::delete(approver_sessions::table.find(key)).execute(conn)?;
             Ok(())
@@ -142,10 +190,21 @@ impl Sessions {
     }
 }
 
+/// Whether a form carries the session's CSRF token `csrf`.
+fn csrf_matches(csrf: &str, sent: Option<&String>) -> bool {
+    sent.is_some_and(|sent| !sent.is_empty() && bool::from(csrf.as_bytes().ct_eq(sent.as_bytes())))
+}
+
 impl Session {
     /// Whether a form acting for this session carries its CSRF token.
     pub fn csrf_ok(&self, sent: Option<&String>) -> bool {
-        sent.is_some_and(|sent| !sent.is_empty() && bool::from(self.csrf.as_bytes().ct_eq(sent.as_bytes())))
+        csrf_matches(&self.csrf, sent)
+    }
+}
+
+impl OperatorSession {
+    pub fn csrf_ok(&self, sent: Option<&String>) -> bool {
+        csrf_matches(&self.csrf, sent)
     }
 }
 

@@ -30,6 +30,9 @@ pub struct AppState {
     pub manager: Arc<loanflow_domain::rules::ManagerPolicy>,
     /// How long a claim lasts.
     pub claim_for: chrono::Duration,
+    /// The intake's settings, for the operations page: the operators, and the broker as
+    /// the operator (queue figures, dead letters and their replay).
+    pub settings: Arc<Settings>,
 }
 
 impl AppState {
@@ -52,6 +55,7 @@ impl AppState {
             clock: settings.clock.clone(),
             manager: Arc::new(settings.levels.manager.clone()),
             claim_for: chrono::Duration::minutes(i64::from(settings.intake.claim_minutes.max(1))),
+            settings: Arc::new(settings.clone()),
         }
     }
 

@@ -14,10 +14,12 @@
     });
   });
 
-  // Live status: re-fetch the server-rendered status section until it is final.
+  // Live parts (the status, the operations page): re-fetch the server-rendered section
+  // every data-every milliseconds (1000 by default) until it is final.
   var live = document.getElementById("live-status");
   if (live && live.getAttribute("data-final") !== "true") {
     var url = live.getAttribute("data-fragment");
+    var every = parseInt(live.getAttribute("data-every") || "1000", 10);
     var timer = setInterval(function () {
       fetch(url, { headers: { "Accept": "text/html" } })
         .then(function (r) { return r.ok ? r.text() : null; })
@@ -34,7 +36,7 @@
           }
         })
         .catch(function () { /* try again on the next tick */ });
-    }, 1000);
+    }, every);
   }
 
   // Browser-side checks on the application form, before a round trip. The server

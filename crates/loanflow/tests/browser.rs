@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use loanflow_testkit::{application, TestSystem, MANAGER_TOKEN};
+use loanflow_platform::settings::RetrySettings;
+use loanflow_testkit::{application, Options, TestSystem, MANAGER_TOKEN, OPERATOR_TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pages_work_in_a_real_browser() {
@@ -23,7 +24,9 @@ async fn the_pages_work_in_a_real_browser() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(Path::new(&chromium).exists(), "Chromium is missing: run `make prepare` (apt-get install chromium)");
 
-    let system = TestSystem::start().await;
+    // Short retries, so that an application fails (and dead-letters) within the setup.
+    let retry = RetrySettings { max_attempts: 2, initial_ms: 100, max_ms: 200 };
+    let system = TestSystem::start_with(Options { retry, ..Options::default() }).await;
     let mut big = application(760);
     big["amount"] = json!("60000.00");
     big["applicant"]["annual_income"] = json!("400000.00");
@@ -31,6 +34,11 @@ async fn the_pages_work_in_a_real_browser() {
     system.wait_for_status(&waiting, "awaiting_approver", Duration::from_secs(20)).await;
     let withdrawable = system.submit_ok(&big).await;
     system.wait_for_status(&withdrawable, "awaiting_approver", Duration::from_secs(20)).await;
+    // One that failed while the bureau was away: a dead letter for the operations page.
+    system.bureau.cut();
+    let failed = system.submit_ok(&application(760)).await;
+    system.wait_for_status(&failed, "failed", Duration::from_secs(20)).await;
+    system.bureau.restore();
 
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
     let status = tokio::process::Command::new("node")
@@ -40,6 +48,8 @@ async fn the_pages_work_in_a_real_browser() {
         .env("LOANFLOW_MANAGER_TOKEN", MANAGER_TOKEN)
         .env("LOANFLOW_WAITING_REFERENCE", &waiting)
         .env("LOANFLOW_WITHDRAWABLE_REFERENCE", &withdrawable)
+        .env("LOANFLOW_FAILED_REFERENCE", &failed)
+        .env("LOANFLOW_OPERATOR_TOKEN", OPERATOR_TOKEN)
         .env("LOANFLOW_SCREENSHOTS", &screenshots)
         .env("CHROMIUM", &chromium)
         .status()

@@ -12,6 +12,7 @@ use maud::{html, Markup, DOCTYPE};
 
 mod form;
 mod inbox;
+mod ops;
 mod sign_in;
 mod status;
 
@@ -28,6 +29,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/approvals/session/end", web::post().to(sign_in::sign_out))
         .route("/approvals/{reference}/decision", web::post().to(inbox::decide))
         .route("/approvals/{reference}/claim", web::post().to(inbox::claim))
+        .route("/ops", web::get().to(ops::show))
+        .route("/ops/live", web::get().to(ops::live_part))
+        .route("/ops/session", web::post().to(sign_in::operator_sign_in))
+        .route("/ops/session/end", web::post().to(ops::sign_out))
+        .route("/ops/replay", web::post().to(ops::replay))
         .route("/static/app.css", web::get().to(css))
         .route("/static/app.js", web::get().to(js));
 }

@@ -188,7 +188,8 @@ pub async fn provision(settings: &Settings) -> Result<(), ProvisionError> {
             .filter(|p| p.is_set())
             .ok_or_else(|| ProvisionError::NoPassword(grant.service.clone(), grant.service.to_uppercase()))?;
         let user = utf8_percent_encode(&broker.user_of(&grant.service), NON_ALPHANUMERIC).to_string();
-        api.put(&format!("users/{user}"), json!({"password": password.expose(), "tags": ""})).await?;
+        api.put(&format!("users/{user}"), json!({"password": password.expose(), "tags": tags_of(&grant.service)}))
+            .await?;
         let permissions = json!({"configure": grant.configure, "write": grant.write, "read": grant.read});
         api.put(&format!("permissions/{encoded}/{user}"), permissions).await?;
         let topic =
@@ -221,7 +222,8 @@ pub fn definitions(settings: &Settings) -> serde_json::Value {
         .iter()
         .map(|g| {
             json!({"name": broker.user_of(&g.service), "password_hash": "",
-                        "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
+                        "hashing_algorithm": "rabbit_password_hashing_sha256",
+                        "tags": tags_of(&g.service).split(',').filter(|t| !t.is_empty()).collect::<Vec<_>>()})
         })
         .collect();
     let permissions: Vec<_> = grants
@@ -252,6 +254,56 @@ pub fn definitions(settings: &Settings) -> serde_json::Value {
         "queues": queues,
         "bindings": bindings,
     })
+}
+
+/// The management tags of an identity: the operator may read its vhost's queue figures
+/// through the management API (the operations page); no one else uses the API.
+fn tags_of(service: &str) -> &'static str {
+    if service == OPERATOR {
+        "management"
+    } else {
+        ""
+    }
+}
+
+/// A queue's figures, as the operations page shows them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct QueueFigures {
+    pub name: String,
+    /// Ready and unacknowledged messages.
+    #[serde(default)]
+    pub messages: u64,
+    #[serde(default)]
+    pub consumers: u64,
+}
+
+/// The figures of `queues`, read through the management API as the operator.
+pub async fn queue_figures(broker: &BrokerSettings, queues: &[String]) -> Result<Vec<QueueFigures>, ProvisionError> {
+    let operator = broker.user_of(OPERATOR);
+    let password = broker.passwords.get(OPERATOR).map(|p| p.expose().to_owned()).unwrap_or_default();
+    let vhost = utf8_percent_encode(&vhost_of(&broker.url), NON_ALPHANUMERIC).to_string();
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| ProvisionError::Unreachable(broker.management_url.clone(), e))?;
+    let mut figures = Vec::with_capacity(queues.len());
+    for queue in queues {
+        let name = utf8_percent_encode(queue, NON_ALPHANUMERIC).to_string();
+        let url = format!("{}/queues/{vhost}/{name}", broker.management_url.trim_end_matches('/'));
+        let response = http
+            .get(url)
+            .basic_auth(&operator, Some(&password))
+            .send()
+            .await
+            .map_err(|e| ProvisionError::Unreachable(broker.management_url.clone(), e))?;
+        if !response.status().is_success() {
+            return Err(ProvisionError::Refused(format!("queue {queue}"), response.status()));
+        }
+        let found: QueueFigures =
+            response.json().await.map_err(|e| ProvisionError::Unreachable(broker.management_url.clone(), e))?;
+        figures.push(found);
+    }
+    Ok(figures)
 }
 
 const RETENTION_POLICY: &str = "loanflow-dead-letter-retention";

@@ -10,8 +10,10 @@ const BASE = process.env.LOANFLOW_URL;
 const TOKEN = process.env.LOANFLOW_MANAGER_TOKEN;
 const WAITING = process.env.LOANFLOW_WAITING_REFERENCE;
 const WITHDRAWABLE = process.env.LOANFLOW_WITHDRAWABLE_REFERENCE;
+const FAILED = process.env.LOANFLOW_FAILED_REFERENCE;
+const OPERATOR = process.env.LOANFLOW_OPERATOR_TOKEN;
 const SHOTS = process.env.LOANFLOW_SCREENSHOTS;
-assert.ok(BASE && TOKEN && WAITING && WITHDRAWABLE && SHOTS, "run through crates/loanflow/tests/browser.rs");
+assert.ok(BASE && TOKEN && WAITING && WITHDRAWABLE && FAILED && OPERATOR && SHOTS, "run through crates/loanflow/tests/browser.rs");
 mkdirSync(SHOTS, { recursive: true });
 
 let browser;
@@ -173,6 +175,32 @@ test("an applicant withdraws from the status page after a confirmation step", as
   const entry = page.locator('li[data-level="applicant"][data-outcome="withdrawn"]');
   assert.match(await entry.textContent(), /Found a better rate/);
   assert.equal(await page.getByRole("link", { name: "Withdraw this application" }).count(), 0, "final: no button");
+  await page.close();
+});
+
+test("an operator sees the figures and replays a dead letter from the operations page", async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1600 } });
+  await page.goto(BASE + "/ops");
+  await page.getByLabel("Operator token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("alert").filter({ hasText: "not valid" }).waitFor();
+  assert.equal(await page.locator("#operator-name").count(), 0, "an approver's token opens no operations page");
+
+  await page.getByLabel("Operator token").fill(OPERATOR);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  assert.equal((await page.locator("#operator-name").textContent()).trim(), "operator");
+  assert.match(await page.locator('#statuses tr[data-status="failed"]').textContent(), /failed\s*1/);
+  const kyc = page.locator('#queues tr[data-queue="loanflow.step.kyc"]');
+  assert.match(await kyc.textContent(), /loanflow\.step\.kyc\s*\d+\s*[1-9]/, "kyc has a consumer");
+  assert.equal(await page.locator("svg.chart").count(), 2, "throughput and latency charts");
+  const letter = page.locator(`#dead-letters tr[data-reference="${FAILED}"]`);
+  assert.match(await letter.textContent(), /gave up after 2 attempts/);
+  await page.screenshot({ path: `${SHOTS}/ops.png`, fullPage: true });
+  await letter.getByRole("button", { name: "Replay" }).click();
+  await page.getByRole("status").filter({ hasText: "Replayed 1 dead letter" }).waitFor();
+
+  await page.goto(`${BASE}/loans/${FAILED}`);
+  await page.locator('#status-badge[data-status="approved"]').waitFor({ timeout: 30000 });
   await page.close();
 });
 

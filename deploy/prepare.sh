@@ -184,14 +184,16 @@ if [ "${LOANFLOW_SKIP_BROWSER:-}" != 1 ]; then
     (cd "$browser_tests" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 fi
-# --- the API description's checks: an OpenAPI validator and schemathesis, pinned, in a
+# --- the Python checks (the API description, the deployment files), pinned, in a
 # virtual environment of the build's own (target/ is never committed)
 if [ "${LOANFLOW_SKIP_BROWSER:-}" != 1 ]; then
   tools="$(dirname "$0")/../target/tools/py"
-  if [ ! -x "$tools/bin/schemathesis" ] || [ ! -x "$tools/bin/openapi-spec-validator" ]; then
-    say "installing the API description's checks (schemathesis, openapi-spec-validator)"
+  requirements="$(dirname "$0")/test-tools.txt"
+  missing=$(grep -v '^#' "$requirements" | grep -vxFf <("$tools/bin/pip" freeze 2>/dev/null) || true)
+  if [ -n "$missing" ]; then
+    say "installing the test tools of deploy/test-tools.txt"
     python3 -m venv "$tools"
-    "$tools/bin/pip" install --quiet --disable-pip-version-check -r "$(dirname "$0")/api-tools.txt"
+    "$tools/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
   fi
 fi
 say "PostgreSQL and RabbitMQ are up"

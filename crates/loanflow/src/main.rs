@@ -79,6 +79,9 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Asks a health address (`http://127.0.0.1:9000/health/ready`) and exits 0 if it
+    /// answers 2xx: a container's health check, with no other tool in the image.
+    Probe { url: String },
     /// The audit trail of human acts (the intake's).
     Audit {
         #[command(subcommand)]
@@ -131,6 +134,15 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Simulate { scenario, url, bureau_url, reports, operator_token } = &cli.command {
         return simulate(scenario, url, bureau_url, reports, operator_token).await;
     }
+    if let Command::Probe { url } = &cli.command {
+        let answered =
+            reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?.get(url).send().await;
+        match answered {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => anyhow::bail!("{url} answered {}", r.status()),
+            Err(e) => anyhow::bail!("{url}: {}", e.without_url()),
+        }
+    }
     if let Command::Token = &cli.command {
         let token = loanflow_platform::secret::new_token();
         println!("token (give it to its holder; it is not kept anywhere): {token}");
@@ -147,7 +159,9 @@ async fn main() -> anyhow::Result<()> {
     let one = |name: &str, running: Running| vec![(name.to_owned(), running)];
     let running = match cli.command {
         Command::Migrate => return migrate(&settings).await,
-        Command::Simulate { .. } | Command::Token => unreachable!("handled above: they need no configuration"),
+        Command::Simulate { .. } | Command::Token | Command::Probe { .. } => {
+            unreachable!("handled above: they need no configuration")
+        }
         Command::Dlq { action } => return dlq(&settings, action).await,
         Command::Audit { action: AuditAction::Verify } => return audit_verify(&settings).await,
         Command::Asyncapi => {

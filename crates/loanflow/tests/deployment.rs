@@ -1,5 +1,9 @@
 //! Deployment files, checked here: the RabbitMQ definitions in `deploy/rabbitmq/` are
-//! what `loanflow broker-definitions` generates, and they import into a broker.
+//! what `loanflow broker-definitions` generates, and they import into a broker; the
+//! container image's Dockerfile passes its linter (hadolint), the compose file the
+//! compose specification's schema, the Kubernetes manifests Kubernetes' own schemas
+//! (strict: no unknown field), and the KEDA objects the CRD schema kept beside them.
+//! (This machine has no container engine to build or run the image.)
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -70,4 +74,41 @@ async fn the_broker_definitions_import_into_a_scratch_vhost() {
     let services = permissions.as_array().unwrap().iter().filter(|p| p["user"].as_str().unwrap().starts_with(&prefix));
     assert_eq!(services.count(), access::grants().len(), "every service user has its permissions");
     assert_eq!(policies[0]["definition"]["message-ttl"], 1_209_600_000_u64, "dead letters kept 14 days");
+}
+
+/// A checking tool of `target/tools/py` (installed by `make prepare`), run from the
+/// repository root; the test fails with its output unless it succeeds.
+fn check(tool: &str, args: &[&str]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let path = root.join("target/tools/py/bin").join(tool);
+    assert!(path.exists(), "{tool} is missing: run `make prepare` (deploy/test-tools.txt)");
+    let out = std::process::Command::new(path).args(args).current_dir(&root).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{tool} {args:?} failed:\n{text}");
+    assert!(!text.contains("Couldn't find schema"), "{tool} checked nothing: {text}");
+}
+
+#[test]
+fn the_dockerfile_passes_its_linter() {
+    check("hadolint", &["--config", "deploy/container/hadolint.yaml", "deploy/container/Dockerfile"]);
+}
+
+#[test]
+fn the_compose_file_follows_the_compose_specification() {
+    check("check-jsonschema", &["--builtin-schema", "vendor.compose-spec", "deploy/compose/compose.yaml"]);
+}
+
+#[test]
+fn the_kubernetes_manifests_follow_kubernetes_schemas() {
+    let manifests = ["config", "intake", "bureau", "levels", "migrate"].map(|f| format!("deploy/kubernetes/{f}.yaml"));
+    let mut args = vec!["--strict"];
+    args.extend(manifests.iter().map(String::as_str));
+    check("kubernetes-validate", &args);
+}
+
+#[test]
+fn the_keda_objects_follow_the_kept_crd_schema() {
+    for file in ["deploy/kubernetes/keda-credit.yaml", "deploy/kubernetes/keda-auth.yaml"] {
+        check("check-jsonschema", &["--schemafile", "deploy/kubernetes/schemas/keda-v1alpha1.json", file]);
+    }
 }

@@ -77,7 +77,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 pub struct BrokerSettings {
     /// AMQP URI of the broker and vhost, without credentials: each service connects as
-    /// its own user (see `broker::access`).
+    /// its own user (see `broker::access`). A cluster's nodes are listed with commas
+    /// (`amqp://node1:5672/loanflow,amqp://node2:5672/loanflow`, one vhost): a client
+    /// connects to the first that answers, and after a lost connection tries the next.
     pub url: String,
     /// Services' broker users are this prefix followed by the service (`intake`,
     /// `ledger`, `level_<name>`, `operator`, `setup`).
@@ -133,14 +135,26 @@ impl BrokerSettings {
         self.service.as_deref().map(|s| self.user_of(s))
     }
 
-    /// The URI to connect to: with this service's user and password. Carries the
-    /// password: never logged.
-    pub fn connection_url(&self) -> String {
-        let Some(service) = &self.service else { return self.url.clone() };
-        let (scheme, rest) = self.url.split_once("://").unwrap_or(("amqp", &self.url));
+    /// The broker's addresses, in the order given.
+    pub fn addresses(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
+    }
+
+    /// The URIs to connect to, one per address: with this service's user and password.
+    /// They carry the password: never logged.
+    pub fn connection_urls(&self) -> Vec<String> {
+        let addresses = self.addresses();
+        let Some(service) = &self.service else { return addresses.into_iter().map(str::to_owned).collect() };
         let encode = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
         let password = self.passwords.get(service).map(|p| encode(p.expose())).unwrap_or_default();
-        format!("{scheme}://{}:{password}@{rest}", encode(&self.user_of(service)))
+        let user = encode(&self.user_of(service));
+        addresses
+            .into_iter()
+            .map(|address| {
+                let (scheme, rest) = address.split_once("://").unwrap_or(("amqp", address));
+                format!("{scheme}://{user}:{password}@{rest}")
+            })
+            .collect()
     }
 }
 
@@ -446,9 +460,16 @@ impl Settings {
                 return invalid(format!("levels.database: for level {level}: {why}"));
             }
         }
-        let authority = settings.broker.url.split_once("://").map_or("", |(_, rest)| rest).split('/').next();
-        if authority.is_some_and(|a| a.contains('@')) {
-            return invalid("broker.url must not carry credentials: each service connects as its own user".into());
+        for address in settings.broker.addresses() {
+            let authority = address.split_once("://").map_or("", |(_, rest)| rest).split('/').next();
+            if authority.is_some_and(|a| a.contains('@')) {
+                return invalid("broker.url must not carry credentials: each service connects as its own user".into());
+            }
+        }
+        let vhosts: std::collections::BTreeSet<String> =
+            settings.broker.addresses().into_iter().map(crate::broker::access::vhost_of).collect();
+        if vhosts.len() > 1 {
+            return invalid(format!("broker.url: every address must name the same vhost, not {vhosts:?}"));
         }
         Ok(settings)
     }
@@ -495,6 +516,33 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(s.chain.names(), ["kyc", "manager"]);
         assert_eq!(s.levels.manager.threshold.to_string(), "75000.00");
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_addresses_of_one_vhost_each_without_credentials() {
+        let mut broker = Settings::defaults().unwrap().broker;
+        broker.url = "amqp://node1:5672/loanflow, amqp://node2:5673/loanflow".into();
+        broker.passwords.insert("intake".into(), Secret::new("p@ss".to_owned()));
+        let urls = broker.acting_as("intake").connection_urls();
+        assert_eq!(
+            urls,
+            [
+                "amqp://loanflow%5Fintake:p%40ss@node1:5672/loanflow",
+                "amqp://loanflow%5Fintake:p%40ss@node2:5673/loanflow"
+            ]
+        );
+        assert_eq!(crate::broker::access::vhost_of(&broker.url), "loanflow");
+        for (url, refused) in [
+            ("amqp://node1/loanflow,amqp://node2/other", "same vhost"),
+            ("amqp://node1/loanflow,amqp://guest:guest@node2/loanflow", "credentials"),
+        ] {
+            let dir = std::env::temp_dir().join(format!("loanflow-settings-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("a.toml"), format!("[broker]\nurl = \"{url}\"\n")).unwrap();
+            let err = Settings::load(&dir, Mode::Production).unwrap_err();
+            std::fs::remove_dir_all(&dir).unwrap();
+            assert!(err.to_string().contains(refused), "{err}");
+        }
     }
 
     #[test]

@@ -277,6 +277,22 @@ impl TestSystem {
         self.start_level_with(settings, name, proxy).await
     }
 
+    /// Starts an instance of a level given two broker addresses (as if of two cluster
+    /// nodes), each through a proxy the test can cut: the first, and the second.
+    pub async fn start_level_with_two_broker_addresses(&mut self, name: &str) -> (ProxiedLevel, FaultProxy) {
+        let (first, second) = (
+            FaultProxy::start(amqp_addr().expect("broker address")).await,
+            FaultProxy::start(amqp_addr().expect("broker address")).await,
+        );
+        let mut settings = self.settings.clone();
+        settings.broker.url = format!(
+            "{},{}",
+            proxied_amqp_url(&self.settings.broker.url, first.addr()),
+            proxied_amqp_url(&self.settings.broker.url, second.addr())
+        );
+        (self.start_level_with(settings, name, first).await, second)
+    }
+
     /// Starts an instance of a level whose database connections go through a proxy
     /// the test can cut.
     pub async fn start_level_behind_db_proxy(&mut self, name: &str) -> ProxiedLevel {

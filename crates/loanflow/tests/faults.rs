@@ -104,6 +104,26 @@ async fn intake_survives_its_broker_connection_cut_for_ten_seconds() {
     system.shutdown().await;
 }
 
+/// A level given two broker addresses goes on through the second when the first is cut
+/// (as when a cluster node goes down), and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_given_two_broker_addresses_fails_over_to_the_second() {
+    let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;
+    let (kyc, _second) = system.start_level_with_two_broker_addresses("kyc").await;
+    for level in ["credit", "underwriting", "manager"] {
+        system.start_level(level).await;
+    }
+    let mut refs = submit_many(&system, 30).await;
+    assert_all_approved_once(&system, &refs).await;
+    let before = kyc.stats.decided.load(std::sync::atomic::Ordering::Relaxed);
+    kyc.proxy.cut(); // the first address is gone for good
+    refs.extend(submit_many(&system, 30).await);
+    assert_all_approved_once(&system, &refs).await;
+    let after = kyc.stats.decided.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after - before, 30, "the same kyc instance decided them, through the second address");
+    system.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_level_survives_its_broker_connection_cut_for_ten_seconds() {
     let mut system = TestSystem::start_with(Options { levels: false, ..Options::default() }).await;

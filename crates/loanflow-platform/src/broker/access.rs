@@ -160,8 +160,10 @@ pub enum ProvisionError {
     NoPassword(String, String),
 }
 
-/// The vhost named by the broker URL's path (`%2f` is `/`).
+/// The vhost named by the broker URL's path (`%2f` is `/`); of a list of addresses, the
+/// first's (they all name the same one).
 pub fn vhost_of(url: &str) -> String {
+    let url = url.split(',').next().unwrap_or(url).trim();
     let path = url.split_once("://").map_or(url, |(_, rest)| rest).split_once('/').map_or("", |(_, path)| path);
     let path = path.split('?').next().unwrap_or_default();
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();

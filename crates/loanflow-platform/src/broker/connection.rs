@@ -20,7 +20,30 @@ use crate::settings::BrokerSettings;
 const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 
 pub async fn connect(settings: &BrokerSettings) -> Result<Connection, BrokerError> {
-    Ok(Connection::connect(&settings.connection_url(), ConnectionProperties::default()).await?)
+    connect_from(settings, 0).await.map(|(conn, _)| conn)
+}
+
+/// Connects to the first of the broker's addresses that answers, trying them in order
+/// from the `start`-th (round the list): a client whose node went away goes on with the
+/// next one. Returns the connection and the index of the address that answered.
+pub async fn connect_from(settings: &BrokerSettings, start: usize) -> Result<(Connection, usize), BrokerError> {
+    let urls = settings.connection_urls();
+    let mut last = None;
+    for step in 0..urls.len() {
+        let index = (start + step) % urls.len();
+        match Connection::connect(&urls[index], ConnectionProperties::default()).await {
+            Ok(conn) => {
+                if urls.len() > 1 {
+                    // The address without its credentials.
+                    let address = settings.addresses().get(index).copied().unwrap_or_default().to_owned();
+                    tracing::info!(%address, "connected to the broker");
+                }
+                return Ok((conn, index));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or(BrokerError::ConnectionLost, BrokerError::from))
 }
 
 /// Exponential backoff with jitter between reconnection attempts.
@@ -61,10 +84,20 @@ pub async fn pause_unless_stopped(wait: Duration, shutdown: &CancellationToken) 
 
 /// Connects, retrying with backoff until it succeeds or `shutdown` fires (then `None`).
 pub async fn connect_with_backoff(settings: &BrokerSettings, shutdown: &CancellationToken) -> Option<Connection> {
+    connect_with_backoff_from(settings, shutdown, 0).await.map(|(conn, _)| conn)
+}
+
+/// [`connect_with_backoff`], trying the addresses from the `start`-th; with the index of
+/// the one that answered.
+async fn connect_with_backoff_from(
+    settings: &BrokerSettings,
+    shutdown: &CancellationToken,
+    start: usize,
+) -> Option<(Connection, usize)> {
     let mut backoff = Backoff::new(settings);
     loop {
-        match connect(settings).await {
-            Ok(conn) => return Some(conn),
+        match connect_from(settings, start).await {
+            Ok(connected) => return Some(connected),
             Err(e) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker unreachable");
@@ -93,6 +126,10 @@ pub struct Supervisor<'a> {
     shutdown: &'a CancellationToken,
     backoff: Backoff,
     since: Instant,
+    /// The address to try first next time: after a lost connection, the one after the
+    /// address that was lost (its node may be the one that went down).
+    next: usize,
+    current: usize,
 }
 
 impl<'a> Supervisor<'a> {
@@ -104,13 +141,14 @@ impl<'a> Supervisor<'a> {
         health: &'a Flag,
         shutdown: &'a CancellationToken,
     ) -> Supervisor<'a> {
-        Supervisor { settings, what, health, shutdown, backoff: Backoff::new(settings), since: Instant::now() }
+        let backoff = Backoff::new(settings);
+        Supervisor { settings, what, health, shutdown, backoff, since: Instant::now(), next: 0, current: 0 }
     }
 
     /// A new connection, or `None` once shutdown has fired.
     pub async fn connect(&mut self) -> Option<Connection> {
-        let conn = connect_with_backoff(self.settings, self.shutdown).await?;
-        self.since = Instant::now();
+        let (conn, index) = connect_with_backoff_from(self.settings, self.shutdown, self.next).await?;
+        (self.current, self.since) = (index, Instant::now());
         Some(conn)
     }
 
@@ -120,6 +158,7 @@ impl<'a> Supervisor<'a> {
         self.health.set(false);
         let _ = conn.close(200, "bye".into()).await;
         let Err(e) = result else { return false };
+        self.next = self.current + 1;
         if self.since.elapsed() >= HEALTHY_AFTER {
             self.backoff.reset();
         }

@@ -59,12 +59,18 @@ wait_ready() {
   for _ in $(seq 1 60); do curl -fsS "$1/health/ready" >/dev/null 2>&1 && return 0; sleep 0.5; done
   curl -fsS "$1/health/ready" >/dev/null
 }
+# INSTANCES (default 1) of each level and of the ledger, sharing their queues: the
+# first of each is measured for its stage timings and frozen in the outage runs.
+INSTANCES=${INSTANCES:-1}
 start bureau bureau
-LOANFLOW__LEDGER__HEALTH_LISTEN=127.0.0.1:18110 start ledger ledger
-port=18101
-for level in kyc credit underwriting manager; do
-  LOANFLOW__LEVELS__HEALTH_LISTEN=127.0.0.1:$port start "level-$level" level $level
-  port=$((port + 1))
+for n in $(seq 1 "$INSTANCES"); do
+  suffix=$([ "$n" = 1 ] || echo "-$n")
+  LOANFLOW__LEDGER__HEALTH_LISTEN=127.0.0.1:$((18110 + (n - 1) * 20)) start "ledger$suffix" ledger
+  port=$((18101 + (n - 1) * 20))
+  for level in kyc credit underwriting manager; do
+    LOANFLOW__LEVELS__HEALTH_LISTEN=127.0.0.1:$port start "level-$level$suffix" level $level
+    port=$((port + 1))
+  done
 done
 start intake intake
 # The synchronous twin, in processes of its own: twin levels and a twin ledger (its own
@@ -89,4 +95,4 @@ metrics=(--metrics intake=http://127.0.0.1:18080 --metrics ledger=http://127.0.0
 port=18101
 for level in kyc credit underwriting manager; do metrics+=(--metrics "$level=http://127.0.0.1:$port"); port=$((port + 1)); done
 
-target/release/loanflow-bench "${metrics[@]}" --url http://127.0.0.1:18080 --sync-url http://127.0.0.1:18081 --amqp "amqp://guest:guest@127.0.0.1:5672/$VHOST" "${args[@]}" "$@"
+target/release/loanflow-bench --instances "$INSTANCES" "${metrics[@]}" --url http://127.0.0.1:18080 --sync-url http://127.0.0.1:18081 --amqp "amqp://guest:guest@127.0.0.1:5672/$VHOST" "${args[@]}" "$@"

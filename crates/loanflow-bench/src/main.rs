@@ -44,6 +44,10 @@ struct Args {
     results: PathBuf,
     #[arg(long, default_value_t = 5000)]
     full_speed_count: usize,
+    /// How many instances of each level and of the ledger run (`INSTANCES` of
+    /// deploy/bench.sh); said in the results' heading.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
 }
 
 fn parse_pid(s: &str) -> Result<(String, u32), String> {
@@ -632,9 +636,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let submit_at_100 = (pct(&mut submit100, 0.50), pct(&mut submit100, 0.99));
     let mut table = String::new();
     table.push_str(&format!(
-        "\n### {} — {}\n\n`make bench` on {}\n\n| measure | result | target | |\n|---|---|---|---|\n",
+        "\n### {} — {}{}\n\n`make bench` on {}\n\n| measure | result | target | |\n|---|---|---|---|\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         git_rev(),
+        if args.instances > 1 {
+            format!(" — {} instances of each level and of the ledger", args.instances)
+        } else {
+            String::new()
+        },
         machine()
     ));
     let mut row =

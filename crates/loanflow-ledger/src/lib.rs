@@ -278,6 +278,9 @@ fn settle(
             }
         })
         .collect();
+    if withdrawals.is_empty() {
+        return Ok((bookings, HashSet::new()));
+    }
     let withdrawal_refs: Vec<&str> = withdrawals.iter().map(|(r, _)| r.as_str()).collect();
     let booked_first: HashSet<String> = schema::loans::table
         .filter(schema::loans::reference.eq_any(&withdrawal_refs))

@@ -199,8 +199,8 @@ pub(crate) fn amqp_addr() -> anyhow::Result<std::net::SocketAddr> {
 
 /// `url` (without credentials) with its host and port replaced by the proxy's.
 pub(crate) fn proxied_amqp_url(url: &str, proxy: std::net::SocketAddr) -> String {
-    let rest = url.trim_start_matches("amqp://");
-    let vhost = rest.split_once('/').map(|(_, v)| v).unwrap_or("");
+    let vhost = loanflow_platform::broker::access::vhost_of(url);
+    let vhost = percent_encoding::utf8_percent_encode(&vhost, percent_encoding::NON_ALPHANUMERIC);
     format!("amqp://{proxy}/{vhost}")
 }
 

@@ -72,6 +72,10 @@ pub struct Options {
     pub limits: bool,
     /// How long dead letters are kept (the default's 14 days unless set).
     pub dead_letter_seconds: Option<u64>,
+    /// Every node of a broker cluster (`host:port`), which the levels, the ledger and
+    /// the bureau's clients are given as their address list; the harness itself and the
+    /// intake (through its proxy) use `LOANFLOW_TEST_AMQP`'s node.
+    pub broker_nodes: Option<Vec<String>>,
 }
 
 impl Default for Options {
@@ -83,6 +87,7 @@ impl Default for Options {
             retry: RetrySettings { max_attempts: 10, initial_ms: 100, max_ms: 1000 },
             limits: false,
             dead_letter_seconds: None,
+            broker_nodes: None,
         }
     }
 }
@@ -147,7 +152,10 @@ impl TestSystem {
         let db_url = format!("postgres://{host}/{TEST_DATABASE}?sslmode=disable");
         // The services connect as users of this test's own (its id as their prefix),
         // with the permissions `loanflow migrate` grants in production.
-        settings.broker.url = format!("amqp://{}/{vhost}", broker_host());
+        settings.broker.url = match &options.broker_nodes {
+            Some(nodes) => nodes.iter().map(|n| format!("amqp://{n}/{vhost}")).collect::<Vec<_>>().join(","),
+            None => format!("amqp://{}/{vhost}", broker_host()),
+        };
         settings.broker.user_prefix = format!("t{id}_");
         settings.broker.passwords = loanflow_platform::broker::access::random_passwords();
         settings.broker.management_url = management_api();

@@ -25,17 +25,20 @@ fn cluster(args: &[&str]) {
     assert!(status.success(), "deploy/local-cluster.sh {args:?} failed");
 }
 
+async fn queues(http: &reqwest::Client, api: &str, vhost: &str) -> Vec<serde_json::Value> {
+    let answer = http.get(format!("{api}/queues/{vhost}")).basic_auth("guest", Some("guest")).send().await.unwrap();
+    answer.json().await.unwrap()
+}
+
 /// The node (1–3) that leads most of the vhost's queues.
 async fn busiest_node(http: &reqwest::Client, api: &str, vhost: &str) -> usize {
-    let queues: Vec<serde_json::Value> = http
-        .get(format!("{api}/queues/{vhost}"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queues = queues(http, api, vhost).await;
+    // Every queue the system declares is replicated on all three nodes, the retry
+    // tiers included: each survives the loss of one.
+    for q in &queues {
+        assert_eq!(q["type"], "quorum", "{} is replicated", q["name"]);
+        assert_eq!(q["members"].as_array().map(Vec::len), Some(3), "{} has a member on every node", q["name"]);
+    }
     let mut leaders: HashMap<usize, usize> = HashMap::new();
     for q in &queues {
         let node = q["leader"].as_str().or(q["node"].as_str()).unwrap_or_default();

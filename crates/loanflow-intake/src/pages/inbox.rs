@@ -127,18 +127,33 @@ pub(super) async fn show(
     Ok(page(StatusCode::OK, "Approver inbox", body))
 }
 
+/// The session a form acts for: signed in, and the form carries its CSRF token; else
+/// the page to answer with instead.
+async fn acting(
+    req: &HttpRequest,
+    form: &HashMap<String, String>,
+    state: &AppState,
+) -> Result<crate::sessions::Session, HttpResponse> {
+    let Some(session) = signed_in(req, state).await else {
+        return Err(sign_in::form(state, StatusCode::UNAUTHORIZED, "Please sign in again."));
+    };
+    if session.csrf_ok(form.get("csrf")) {
+        Ok(session)
+    } else {
+        Err(sign_in::refused())
+    }
+}
+
 pub(super) async fn decide(
     req: HttpRequest,
     path: web::Path<String>,
     form: web::Form<HashMap<String, String>>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(session) = signed_in(&req, &state).await else {
-        return Ok(sign_in::form(&state, StatusCode::UNAUTHORIZED, "Please sign in again."));
+    let session = match acting(&req, &form, &state).await {
+        Ok(session) => session,
+        Err(answer) => return Ok(answer),
     };
-    if !session.csrf_ok(form.get("csrf")) {
-        return Ok(sign_in::refused());
-    }
     let body = json!({"decision": form.get("decision"), "reason": form.get("reason")});
     let outcome = match approvals::parse_decision(&body) {
         Ok((outcome, reason)) => approvals::decide(&state, &session.approver, &path, outcome, reason).await,
@@ -171,12 +186,10 @@ pub(super) async fn claim(
     form: web::Form<HashMap<String, String>>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(session) = signed_in(&req, &state).await else {
-        return Ok(sign_in::form(&state, StatusCode::UNAUTHORIZED, "Please sign in again."));
+    let session = match acting(&req, &form, &state).await {
+        Ok(session) => session,
+        Err(answer) => return Ok(answer),
     };
-    if !session.csrf_ok(form.get("csrf")) {
-        return Ok(sign_in::refused());
-    }
     let done = match form.get("action").map(String::as_str) {
         Some("release") => approvals::release(&state, &session.approver, &path).await,
         _ => approvals::claim(&state, &session.approver, &path).await.map(drop),

@@ -9,7 +9,7 @@
 //! and its queue `loanflow.dead-letters`.
 //!
 //! A transient failure is retried through the broker, not by sleeping in a handler:
-//! the message is published to a delay tier (`loanflow.retry.<ms>`, a fanout exchange
+//! the message is published to a delay tier (`loanflow.retry.<n>ms`, a fanout exchange
 //! and a queue whose messages expire after that many milliseconds) with the failed
 //! queue's name as routing key. On expiry the broker dead-letters it to the default
 //! exchange, which routes by that key: the message returns to exactly the queue that
@@ -58,7 +58,10 @@ pub const SENT_AT_HEADER: &str = "x-loanflow-sent-at-us";
 pub const DEAD_AT_HEADER: &str = "x-loanflow-dead-at";
 
 pub fn retry_exchange(delay_ms: u64) -> String {
-    format!("loanflow.retry.{delay_ms}")
+    // `ms`: the tiers of before, classic queues named `loanflow.retry.<n>`, stay idle in
+    // a vhost that had them (their messages still expire back to their queues), since
+    // a queue cannot be redeclared as another type.
+    format!("loanflow.retry.{delay_ms}ms")
 }
 
 /// How often a consumer checks that its connection is still up. lapin does not

@@ -115,14 +115,21 @@ impl Topology {
             }
         }
         for delay in &self.retry_tiers {
-            // Classic queues: a waiting room needs TTL and dead-lettering, not replication.
+            // A waiting room: a message TTL, then dead-lettering back. Of the queue type of
+            // the others (quorum by default, with message TTL since RabbitMQ 3.10), so that
+            // a retry waiting on a cluster survives the loss of a node, and the tier can be
+            // declared again while one is down (a classic queue whose node is down cannot).
             // "" is the default exchange: it routes the expired message by its routing
             // key, the name of the queue it came from.
             let name = retry_exchange(*delay);
             exchanges.push(exchange(&name, "fanout"));
             let ttl = i64::try_from(*delay).unwrap_or(i64::MAX);
-            let arguments =
-                vec![("x-message-ttl", Arg::Millis(ttl)), ("x-dead-letter-exchange", Arg::Text(String::new()))];
+            let mut arguments = Vec::new();
+            if self.queue_type == QueueType::Quorum {
+                arguments.push(("x-queue-type", Arg::Text("quorum".into())));
+            }
+            arguments.push(("x-message-ttl", Arg::Millis(ttl)));
+            arguments.push(("x-dead-letter-exchange", Arg::Text(String::new())));
             queues.push(QueueSpec { name: name.clone(), arguments });
             bindings.push(bind(&name, &name, ""));
         }

@@ -271,8 +271,10 @@ async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
             println!("{} dead letter(s)", letters.len());
         }
         DlqAction::Replay { reference, all: _, operator } => {
+            let pool = db::pool(&settings.intake.database);
             let replayed =
-                loanflow_intake::operations::replay_dead_letters(settings, &operator, reference.as_deref()).await?;
+                loanflow_intake::operations::replay_dead_letters(settings, &pool, &operator, reference.as_deref())
+                    .await?;
             println!("replayed {replayed} dead letter(s)");
         }
     }

@@ -194,7 +194,9 @@ async fn past_the_retry_budget_applications_fail_then_complete_after_replay() {
 
     system.bureau.restore();
     // One first, by reference; then the rest.
-    let replayed = loanflow_intake::operations::replay_dead_letters(&system.settings, "ops", Some(&refs[0])).await;
+    let intake = loanflow_platform::db::pool(&system.settings.intake.database);
+    let replayed =
+        loanflow_intake::operations::replay_dead_letters(&system.settings, &intake, "ops", Some(&refs[0])).await;
     assert_eq!(replayed.unwrap(), 1);
     let audited = format!("actor = 'operator:ops' AND action = 'dead_letter_replay' AND reference = '{}'", refs[0]);
     assert_eq!(system.count_matching("intake", "audit_trail", &audited).await, 1, "the replay is in the audit trail");

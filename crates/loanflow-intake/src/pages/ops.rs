@@ -190,7 +190,7 @@ pub(super) async fn replay(
     if reference.is_none() && form.get("all").map(String::as_str) != Some("yes") {
         return Err(ApiError::BadRequest("name a reference, or all".into()));
     }
-    let replayed = operations::replay_dead_letters(&state.settings, &session.name, reference)
+    let replayed = operations::replay_dead_letters(&state.settings, &state.pool, &session.name, reference)
         .await
         .map_err(|e| ApiError::StepUnavailable(format!("dead-letter replay ({e})")))?;
     tracing::info!(security_event = "dead_letters_replayed", operator = %session.name, replayed, "dead letters replayed");

@@ -6,7 +6,7 @@ BIN := target/release/loanflow
 # The broker users' passwords, made by deploy/prepare.sh outside the repository.
 CREDENTIALS ?= $(HOME)/.config/loanflow/broker.env
 
-.PHONY: run test prepare build migrate lint fmt schema schema-check asyncapi screenshots simulate bench fuzz
+.PHONY: run test prepare build migrate lint fmt schema schema-check asyncapi cluster-test screenshots simulate bench fuzz
 
 ## run: prepare the machine, migrate, start every service (Ctrl-C stops them all)
 run: export LOANFLOW_SKIP_BROWSER = 1
@@ -51,6 +51,10 @@ simulate: build
 ## schema: regenerate every src/schema.rs from the migrations (needs the diesel CLI)
 schema:
 	deploy/print-schema.sh
+
+## cluster-test: the system against a three-node RabbitMQ cluster on this machine, one node lost and restarted
+cluster-test: prepare
+	$(CARGO) test --test cluster -- --ignored --nocapture
 
 ## asyncapi: regenerate schema/asyncapi.json (the broker's channels and messages) from the code
 asyncapi:

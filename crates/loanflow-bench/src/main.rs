@@ -19,7 +19,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
-use loanflow_domain::messages::{Envelope, StatusMessage};
+use loanflow_domain::messages::{Envelope, ReferencedStatus, StatusMessage};
 use loanflow_platform::broker::{Outgoing, Publisher, STATUS_EXCHANGE};
 
 #[derive(clap::Parser)]
@@ -173,7 +173,7 @@ async fn tap(amqp: &str) -> anyhow::Result<(Arc<Mutex<Finals>>, Connection)> {
         while let Some(Ok(delivery)) = consumer.next().await {
             if let Ok(env) = Envelope::<StatusMessage>::decode(&delivery.data) {
                 let mut sink = sink.lock().expect("finals");
-                for (reference, event) in env.body.into_events(env.reference) {
+                for ReferencedStatus { reference, event, .. } in env.body.into_events(env.reference) {
                     if event.status.is_final() {
                         sink.at.entry(reference.to_string()).or_insert_with(Instant::now);
                     }

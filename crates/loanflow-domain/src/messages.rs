@@ -290,15 +290,20 @@ pub enum StatusMessage {
 pub struct ReferencedStatus {
     pub reference: Reference,
     pub event: StatusEvent,
+    /// The W3C trace context of the work that led to this event (one message carries
+    /// several applications, each of its own trace); absent while tracing is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl StatusMessage {
     /// Every event the message carries, with its application (`reference` is the
-    /// envelope's, which a single event belongs to).
-    pub fn into_events(self, reference: Reference) -> Vec<(Reference, StatusEvent)> {
+    /// envelope's, which a single event belongs to) and, for an item of a batch, its
+    /// own trace context (a single event's is the message's).
+    pub fn into_events(self, reference: Reference) -> Vec<ReferencedStatus> {
         match self {
-            StatusMessage::V1(event) => vec![(reference, event)],
-            StatusMessage::BatchV1(events) => events.into_iter().map(|r| (r.reference, r.event)).collect(),
+            StatusMessage::V1(event) => vec![ReferencedStatus { reference, event, traceparent: None }],
+            StatusMessage::BatchV1(events) => events,
         }
     }
 }
@@ -338,8 +343,8 @@ mod tests {
     fn a_status_batch_round_trips_and_yields_each_event_with_its_reference() {
         let other = Reference::from_random([8; crate::reference::RANDOM_BYTES]);
         let batch = StatusMessage::BatchV1(vec![
-            ReferencedStatus { reference: reference(), event: event() },
-            ReferencedStatus { reference: other.clone(), event: event() },
+            ReferencedStatus { reference: reference(), event: event(), traceparent: None },
+            ReferencedStatus { reference: other.clone(), event: event(), traceparent: None },
         ]);
         let env = Envelope::new(reference(), "status-batch", event().occurred_at, batch);
         let bytes = env.encode();
@@ -347,7 +352,7 @@ mod tests {
         assert_eq!(json["type"], "loan.status.batch.v1");
         let decoded = Envelope::<StatusMessage>::decode(&bytes).unwrap();
         let events = decoded.body.into_events(decoded.reference);
-        assert_eq!(events.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), [reference(), other]);
+        assert_eq!(events.iter().map(|e| e.reference.clone()).collect::<Vec<_>>(), [reference(), other]);
     }
 
     #[test]

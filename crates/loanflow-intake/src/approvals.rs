@@ -196,6 +196,8 @@ pub async fn decide(
     let reference = Reference::parse(reference).map_err(|_| ApiError::NotFound)?;
     let now = state.clock.now();
     let (key, who, policy) = (reference.clone(), approver.clone(), state.manager.clone());
+    // The decision's trace: the level goes on with the application's own, linked to it.
+    let traceparent = loanflow_platform::trace::traceparent(&tracing::Span::current());
     let decided = blocking(&state.pool, move |conn| {
         let decision = cases::Decision { approver: &who, outcome, reason: reason.clone(), now };
         Ok(cases::decide(conn, &key, &decision, &policy, |level, earlier| {
@@ -215,6 +217,7 @@ pub async fn decide(
                 exchange: WORK_EXCHANGE.to_owned(),
                 routing_key: level.to_owned(),
                 payload: envelope.encode(),
+                traceparent: traceparent.clone(),
             }
         }))
     })

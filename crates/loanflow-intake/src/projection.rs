@@ -6,7 +6,7 @@
 //! progress at once lock rows alike and cannot deadlock. Each event is guarded by its
 //! sequence number, so the order of events across batches does not matter.
 
-use loanflow_domain::messages::{StatusEvent, StatusMessage};
+use loanflow_domain::messages::{ReferencedStatus, StatusEvent, StatusMessage};
 use loanflow_domain::Reference;
 use loanflow_platform::broker::{Answers, Batch, Disposition};
 use loanflow_platform::db::{blocking, PgPool};
@@ -18,8 +18,14 @@ pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
     // A message may carry the events of a whole batch of another service: each event
     // remembers the delivery it came in.
     let mut events: Vec<(usize, Reference, StatusEvent)> = Vec::with_capacity(batch.len());
+    // Each event's application trace gains a span for its projection, open until the
+    // batch is applied.
+    let mut spans = Vec::with_capacity(batch.len());
     for (index, envelope) in answers.decode::<StatusMessage>(&batch) {
-        events.extend(envelope.body.into_events(envelope.reference).into_iter().map(|(r, e)| (index, r, e)));
+        for item in envelope.body.into_events(envelope.reference) {
+            spans.push(projection_span(&batch[index].span, &item));
+            events.push((index, item.reference, item.event));
+        }
     }
     events.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()).then(a.2.seq.cmp(&b.2.seq)));
     let applied = blocking(&pool, move |conn| {
@@ -41,6 +47,7 @@ pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
         })
     })
     .await;
+    drop(spans);
     match applied {
         Ok(applied) => {
             // A delivery's answer is the worst of its events': a failure retries it
@@ -69,4 +76,19 @@ pub async fn handle_batch(pool: PgPool, batch: Batch) -> Vec<Disposition> {
         }
     }
     answers.into_dispositions()
+}
+
+/// The span of one event's projection: in its delivery's trace for a message of one
+/// event, in the event's own for an item of a batch message (whose delivery's trace is
+/// the publishing batch's).
+fn projection_span(delivery: &tracing::Span, item: &ReferencedStatus) -> tracing::Span {
+    let (reference, seq, status) = (item.reference.as_str(), item.event.seq, item.event.status.as_str());
+    match &item.traceparent {
+        Some(parent) => {
+            let span = tracing::info_span!(parent: None, "project status", reference, seq, status);
+            loanflow_platform::trace::continue_trace(&span, loanflow_platform::trace::context_of(Some(parent)));
+            span
+        }
+        None => tracing::info_span!(parent: delivery, "project status", reference, seq, status),
+    }
 }

@@ -14,12 +14,12 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use loanflow_platform::broker::{BrokerError, Outgoing, Publisher, Supervisor};
+use crate::store;
+use loanflow_platform::broker::{BrokerError, FieldTable, Outgoing, Publisher, Supervisor};
 use loanflow_platform::db::{blocking, DbError, PgPool};
 use loanflow_platform::health::Flag;
+use loanflow_platform::trace;
 use loanflow_platform::Settings;
-
-use crate::store;
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -79,6 +79,22 @@ async fn drain_once(pool: &PgPool, publisher: &Publisher, batch: i64) -> Result<
     let mut pending = Vec::with_capacity(rows.len());
     let mut failure = None;
     for row in &rows {
+        let mut headers = FieldTable::default();
+        if let Some(traceparent) = &row.traceparent {
+            // The act that queued the message goes on in its publication (a producer
+            // span), whose context the message carries.
+            let span = tracing::info_span!(
+                parent: None,
+                "publish",
+                otel.name = %format_args!("send {}", row.exchange),
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.destination.name = %row.exchange,
+                reference = %row.reference,
+            );
+            trace::continue_trace(&span, trace::context_of(Some(traceparent)));
+            trace::inject(&span, &mut headers);
+        }
         let started = publisher
             .start(Outgoing {
                 exchange: &row.exchange,
@@ -86,7 +102,7 @@ async fn drain_once(pool: &PgPool, publisher: &Publisher, batch: i64) -> Result<
                 reference: &row.reference,
                 message_id: row.message_id,
                 payload: &row.payload,
-                headers: Default::default(),
+                headers,
                 expiration_ms: None,
             })
             .await;

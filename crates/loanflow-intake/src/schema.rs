@@ -101,6 +101,7 @@ diesel::table! {
         payload -> Bytea,
         created_at -> Timestamptz,
         claimed_until -> Nullable<Timestamptz>,
+        traceparent -> Nullable<Text>,
     }
 }
 

@@ -41,6 +41,7 @@ pub struct InsertSubmissions {
     exchange: Vec<String>,
     routing_key: Vec<String>,
     payload: Vec<Vec<u8>>,
+    traceparent: Vec<Option<String>>,
 }
 
 impl InsertSubmissions {
@@ -54,6 +55,7 @@ impl InsertSubmissions {
             q.exchange.push(s.message.exchange.clone());
             q.routing_key.push(s.message.routing_key.clone());
             q.payload.push(s.message.payload.clone());
+            q.traceparent.push(s.message.traceparent.clone());
         }
         q
     }
@@ -92,7 +94,7 @@ impl QueryFragment<Pg> for InsertSubmissions {
         out.push_bind_param::<Array<Timestamptz>, _>(&self.submitted_at)?;
         out.push_sql(
             ") AS s(reference, at)), \
-             queued AS (INSERT INTO outbox (message_id, reference, exchange, routing_key, payload) \
+             queued AS (INSERT INTO outbox (message_id, reference, exchange, routing_key, payload, traceparent) \
                         SELECT * FROM unnest(",
         );
         out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(&self.message_id)?;
@@ -104,6 +106,8 @@ impl QueryFragment<Pg> for InsertSubmissions {
         out.push_bind_param::<Array<Text>, _>(&self.routing_key)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Bytea>, _>(&self.payload)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.traceparent)?;
         out.push_sql(") RETURNING 1) SELECT count(*) FROM queued");
         Ok(())
     }

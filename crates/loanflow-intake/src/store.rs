@@ -32,6 +32,8 @@ pub struct OutboxRow {
     pub routing_key: String,
     #[diesel(sql_type = Bytea)]
     pub payload: Vec<u8>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    pub traceparent: Option<String>,
 }
 
 /// A message to hand to the broker through the outbox.
@@ -42,6 +44,8 @@ pub struct OutboxMessage {
     pub exchange: String,
     pub routing_key: String,
     pub payload: Vec<u8>,
+    /// The trace of the act that queued it, which its publication continues.
+    pub traceparent: Option<String>,
 }
 
 pub(crate) fn insert_outbox(conn: &mut PgConnection, m: &OutboxMessage) -> Result<(), diesel::result::Error> {
@@ -52,6 +56,7 @@ pub(crate) fn insert_outbox(conn: &mut PgConnection, m: &OutboxMessage) -> Resul
             outbox::exchange.eq(&m.exchange),
             outbox::routing_key.eq(&m.routing_key),
             outbox::payload.eq(&m.payload),
+            outbox::traceparent.eq(m.traceparent.as_deref()),
         ))
         .execute(conn)
         .map(drop)
@@ -194,6 +199,7 @@ pub fn record_group(
                     outbox::exchange.eq(&m.exchange),
                     outbox::routing_key.eq(&m.routing_key),
                     outbox::payload.eq(&m.payload),
+                    outbox::traceparent.eq(m.traceparent.as_deref()),
                 )
             })
             .collect();
@@ -426,7 +432,7 @@ pub fn claim_outbox(conn: &mut PgConnection, batch: i64) -> Result<Vec<OutboxRow
          WHERE id IN (SELECT id FROM outbox \
                       WHERE claimed_until IS NULL OR claimed_until < now() \
                       ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, message_id, reference, exchange, routing_key, payload",
+         RETURNING id, message_id, reference, exchange, routing_key, payload, traceparent",
     )
     .bind::<BigInt, _>(batch)
     .load(conn)?)

@@ -36,6 +36,8 @@ pub(crate) async fn accept(
             exchange: WORK_EXCHANGE.to_owned(),
             routing_key: first_step,
             payload: envelope.encode(),
+            // The submission's trace: its first message continues it, through every level.
+            traceparent: loanflow_platform::trace::traceparent(&tracing::Span::current()),
         },
     };
     match state.writer.record(submission, idempotency_key).await? {

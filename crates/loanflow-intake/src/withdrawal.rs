@@ -45,6 +45,7 @@ pub async fn request(state: &AppState, reference: &str, reason: Option<String>) 
         exchange: WORK_EXCHANGE.to_owned(),
         routing_key: WITHDRAWAL_ROUTE.to_owned(),
         payload: envelope.encode(),
+        traceparent: loanflow_platform::trace::traceparent(&tracing::Span::current()),
     };
     let key = reference.clone();
     let done =

@@ -17,6 +17,7 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
 
 use loanflow_domain::booking::bookable;
 use loanflow_domain::messages::{StatusEvent, Withdrawal, WorkItem, WorkMessage, LEDGER_STEP};
@@ -97,6 +98,8 @@ struct ToBook {
     reference: Reference,
     work: WorkItem,
     last_attempt: bool,
+    /// Its delivery's span: the application's trace.
+    span: Span,
 }
 
 /// A withdrawal to record, from a delivery of the batch.
@@ -104,6 +107,7 @@ struct ToWithdraw {
     index: usize,
     reference: Reference,
     withdrawal: Withdrawal,
+    span: Span,
 }
 
 impl Ledger {
@@ -119,7 +123,7 @@ impl Ledger {
         let mut loans = Vec::new();
         let mut withdrawals = Vec::new();
         for (index, envelope) in answers.decode::<WorkMessage>(&batch) {
-            let sender = batch[index].sender.as_deref();
+            let (sender, span) = (batch[index].sender.as_deref(), batch[index].span.clone());
             let reference = envelope.reference;
             let allowed = match &envelope.body {
                 WorkMessage::V1(_) => self.bookers.allows(sender),
@@ -135,15 +139,21 @@ impl Ledger {
             }
             match envelope.body {
                 WorkMessage::V1(work) => match bookable(&work, &self.policy) {
-                    Ok(_) => {
-                        loans.push(ToBook { index, reference, work, last_attempt: batch[index].is_last_attempt() })
-                    }
+                    Ok(_) => loans.push(ToBook {
+                        index,
+                        reference,
+                        work,
+                        last_attempt: batch[index].is_last_attempt(),
+                        span,
+                    }),
                     Err(why) => {
                         tracing::warn!(security_event = "booking_refused", %reference, %why, "loan not booked");
                         answers.set(index, Disposition::DeadLetter(why));
                     }
                 },
-                WorkMessage::WithdrawalV1(withdrawal) => withdrawals.push(ToWithdraw { index, reference, withdrawal }),
+                WorkMessage::WithdrawalV1(withdrawal) => {
+                    withdrawals.push(ToWithdraw { index, reference, withdrawal, span })
+                }
                 WorkMessage::ApprovalV1(_) => {
                     answers.set(index, Disposition::DeadLetter("an approver's decision reached the ledger".into()))
                 }
@@ -163,7 +173,7 @@ impl Ledger {
                 tracing::warn!(error = %e, loans = loans.len(), withdrawals = withdrawals.len(), "batch not recorded");
                 for loan in loans {
                     if loan.last_attempt {
-                        announce_failure(&publisher, &loan.reference, loan.work.decisions.len()).await;
+                        announce_failure(&publisher, &loan.reference, loan.work.decisions.len(), &loan.span).await;
                     }
                     answers.set(loan.index, Disposition::Retry(e.to_string()));
                 }
@@ -177,6 +187,7 @@ impl Ledger {
         let mut announced = Vec::new();
         for (loan, booking) in loans.into_iter().zip(bookings) {
             let reference = loan.reference;
+            let _entered = loan.span.enter();
             match booking {
                 Booking::New => tracing::info!(%reference, "loan booked"),
                 // Booked by an earlier delivery that stopped before announcing it.
@@ -198,17 +209,21 @@ impl Ledger {
                 ..StatusEvent::progress(loan.work.decisions.len(), Status::Approved, None, Utc::now())
             }
             .with_decisions(&loan.work.decisions);
-            events.push((reference, event));
+            drop(_entered);
+            events.push((reference, event, loan.span));
             announced.push(loan.index);
         }
         for w in withdrawals {
+            let _entered = w.span.enter();
             if booked_first.contains(w.reference.as_str()) {
                 tracing::info!(reference = %w.reference, "withdrawal too late: the loan was booked first");
                 answers.set(w.index, Disposition::Ack);
                 continue;
             }
             tracing::info!(reference = %w.reference, "withdrawal recorded: the loan will never be booked");
-            events.push((w.reference, StatusEvent::withdrawn(&w.withdrawal, Utc::now())));
+            let event = StatusEvent::withdrawn(&w.withdrawal, Utc::now());
+            drop(_entered);
+            events.push((w.reference, event, w.span));
             announced.push(w.index);
         }
         let sent = match broker::start_statuses(&publisher, events).await {
@@ -230,8 +245,8 @@ impl Ledger {
 }
 
 /// The retry budget is spent: the application becomes `failed`.
-async fn announce_failure(publisher: &Publisher, reference: &Reference, decided: usize) {
-    if let Err(e) = announce(publisher, reference, decided, Status::Failed, None).await {
+async fn announce_failure(publisher: &Publisher, reference: &Reference, decided: usize, span: &Span) {
+    if let Err(e) = announce(publisher, reference, decided, Status::Failed, None, span).await {
         tracing::warn!(error = %e, "could not announce the failure");
     }
 }
@@ -307,9 +322,10 @@ async fn announce(
     decided: usize,
     status: Status,
     offer: Option<Offer>,
+    span: &Span,
 ) -> Result<(), broker::BrokerError> {
     let event = StatusEvent { offer, ..StatusEvent::progress(decided, status, None, Utc::now()) };
-    broker::send_status(publisher, reference, event).await
+    broker::send_status(publisher, reference, event, span).await
 }
 
 /// What an insert of a checked loan found.

@@ -17,13 +17,14 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_migrations::embed_migrations;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
 use futures_util::future::join_all;
 use loanflow_domain::messages::{ApproverDecision, RoutingSlip, StatusEvent, WorkItem, WorkMessage};
 use loanflow_domain::rules::{self, LevelKind, ManagerVerdict, Verdict};
 use loanflow_domain::{DecidedBy, Decision, Outcome, Reference, Status};
 use loanflow_platform::broker::access::{self, Senders};
-use loanflow_platform::broker::{self, step_queue, Answers, Batch, BrokerError, Disposition, Publisher};
+use loanflow_platform::broker::{self, step_queue, Announcement, Answers, Batch, BrokerError, Disposition, Publisher};
 use loanflow_platform::db::{self, blocking, inbox, DbError, PgPool};
 use loanflow_platform::service;
 use loanflow_platform::settings::LevelsSettings;
@@ -179,6 +180,8 @@ struct Item {
     message_id: uuid::Uuid,
     work: WorkItem,
     last_attempt: bool,
+    /// Its delivery's span: its trace goes on in what it sends.
+    span: Span,
 }
 
 /// An item whose rule decided, until its batch's writes are done: what a failure of
@@ -189,17 +192,19 @@ struct Decided {
     reference: Reference,
     decided_so_far: usize,
     last_attempt: bool,
+    span: Span,
 }
 
 /// What each item's rule came to, ready to be written and announced.
 struct Outcomes {
     /// Events to announce, confirmed before any work is forwarded: the status never
     /// shows a later step, or `approved`, ahead of the decision that allowed it.
-    events: Vec<(Reference, StatusEvent)>,
+    events: Vec<Announcement>,
     /// Approved items, forwarded to the next step of their slip.
-    forwards: Vec<(Reference, WorkItem)>,
-    /// Applications that wait for a person, stored before they are announced.
-    waiting: Vec<(String, serde_json::Value)>,
+    forwards: Vec<(Reference, WorkItem, Span)>,
+    /// Applications that wait for a person (with their trace), stored before they are
+    /// announced.
+    waiting: Vec<(String, serde_json::Value, Option<String>)>,
     /// Precise reasons behind neutral public ones, kept in this level's own table.
     internal: Vec<(String, String, DateTime<Utc>)>,
 }
@@ -229,9 +234,14 @@ impl Level {
                     let why = format!("message for step {:?} reached level {:?}", work.slip.current(), self.name);
                     answers.set(index, Disposition::DeadLetter(why));
                 }
-                WorkMessage::V1(work) => {
-                    items.push(Item { index, reference, message_id, work, last_attempt: incoming.is_last_attempt() })
-                }
+                WorkMessage::V1(work) => items.push(Item {
+                    index,
+                    reference,
+                    message_id,
+                    work,
+                    last_attempt: incoming.is_last_attempt(),
+                    span: incoming.span.clone(),
+                }),
                 WorkMessage::ApprovalV1(_) if !self.deciders.allows(incoming.sender.as_deref()) => {
                     let sender = incoming.sender.as_deref().unwrap_or("nobody");
                     tracing::warn!(security_event = "decision_refused", %reference, %sender, "an approver's decision from a sender that may not send one");
@@ -240,16 +250,21 @@ impl Level {
                         Disposition::DeadLetter(format!("refused: {sender} may not send an approver's decision")),
                     );
                 }
-                WorkMessage::ApprovalV1(decision) => approvals.push((index, reference, message_id, decision)),
+                WorkMessage::ApprovalV1(decision) => {
+                    approvals.push((index, reference, message_id, decision, incoming.span.clone()))
+                }
                 WorkMessage::WithdrawalV1(_) => {
                     let why = format!("a withdrawal reached level {:?}; withdrawals go to the ledger", self.name);
                     answers.set(index, Disposition::DeadLetter(why));
                 }
             }
         }
-        for (index, reference, message_id, decision) in approvals {
-            let result = self.process_approval(&reference, message_id, decision, &publisher).await;
-            answers.set(index, self.disposition(result, &reference, false, None, &publisher).await);
+        for (index, reference, message_id, decision, span) in approvals {
+            let result = self
+                .process_approval(&reference, message_id, decision, &publisher, &span)
+                .instrument(span.clone())
+                .await;
+            answers.set(index, self.disposition(result, &reference, false, None, &publisher, &span).await);
         }
         if !items.is_empty() {
             for (index, answer) in self.process_items(items, &publisher).await {
@@ -272,12 +287,18 @@ impl Level {
         let mut answers: Vec<(usize, Disposition)> = duplicates
             .into_iter()
             .map(|item| {
-                tracing::info!(level = %self.name, reference = %item.reference, "duplicate delivery ignored");
+                item.span.in_scope(
+                    || tracing::info!(level = %self.name, reference = %item.reference, "duplicate delivery ignored"),
+                );
                 (item.index, Disposition::Ack)
             })
             .collect();
 
-        let steps = join_all(fresh.iter_mut().map(|item| self.rule.decide(&mut item.work))).await;
+        let steps = join_all(fresh.iter_mut().map(|item| {
+            let span = item.span.clone();
+            self.rule.decide(&mut item.work).instrument(span)
+        }))
+        .await;
         let mut outcomes =
             Outcomes { events: Vec::new(), forwards: Vec::new(), waiting: Vec::new(), internal: Vec::new() };
         let mut decided = Vec::new();
@@ -290,16 +311,21 @@ impl Level {
                         reference: item.reference.clone(),
                         decided_so_far: item.work.decisions.len(),
                         last_attempt: item.last_attempt,
+                        span: item.span.clone(),
                     };
-                    match self.outcome(item.reference.clone(), item.work, step, &mut outcomes) {
+                    match item
+                        .span
+                        .in_scope(|| self.outcome(item.reference.clone(), item.work, step, &item.span, &mut outcomes))
+                    {
                         Ok(()) => decided.push(done),
                         Err(e) => answers.push((item.index, Disposition::DeadLetter(e.to_string()))),
                     }
                 }
                 Err(e) => {
                     let decided_so_far = Some(item.work.decisions.len());
-                    let answer =
-                        self.disposition(Err(e), &item.reference, item.last_attempt, decided_so_far, publisher).await;
+                    let answer = self
+                        .disposition(Err(e), &item.reference, item.last_attempt, decided_so_far, publisher, &item.span)
+                        .await;
                     answers.push((item.index, answer));
                 }
             }
@@ -328,7 +354,7 @@ impl Level {
             Err(e) => {
                 tracing::warn!(error = %e, "batch not completed");
                 for d in decided.iter().filter(|d| d.last_attempt) {
-                    self.announce_failure(&d.reference, d.decided_so_far, publisher).await;
+                    self.announce_failure(&d.reference, d.decided_so_far, publisher, &d.span).await;
                 }
                 Disposition::Retry(e.to_string())
             }
@@ -343,13 +369,15 @@ impl Level {
         reference: Reference,
         mut work: WorkItem,
         step: Step,
+        span: &Span,
         outcomes: &mut Outcomes,
     ) -> Result<(), StepError> {
         let now = Utc::now();
         match step {
             Step::AwaitApprover => {
                 let row = serde_json::to_value(&work).map_err(|e| StepError::Misrouted(e.to_string()))?;
-                outcomes.waiting.push((reference.as_str().to_owned(), row));
+                let traceparent = loanflow_platform::trace::traceparent(span);
+                outcomes.waiting.push((reference.as_str().to_owned(), row, traceparent));
                 let event = StatusEvent {
                     score: work.score,
                     ..StatusEvent::progress(
@@ -361,7 +389,7 @@ impl Level {
                 }
                 .with_decisions(&work.decisions);
                 tracing::info!(level = %self.name, %reference, "waiting for an approver");
-                outcomes.events.push((reference, event));
+                outcomes.events.push((reference, event, span.clone()));
             }
             Step::Decided(verdict) => {
                 if let Some(internal) = verdict.internal_reason {
@@ -381,9 +409,9 @@ impl Level {
                     .increment(1);
                 if let Some(slip) = next {
                     work.slip = slip;
-                    outcomes.forwards.push((reference.clone(), work));
+                    outcomes.forwards.push((reference.clone(), work, span.clone()));
                 }
-                outcomes.events.push((reference, event));
+                outcomes.events.push((reference, event, span.clone()));
             }
         }
         Ok(())
@@ -397,8 +425,10 @@ impl Level {
             blocking(&self.pool, move |conn| {
                 use schema::{internal_reasons as notes, waiting as w};
                 if !waiting.is_empty() {
-                    let rows: Vec<_> =
-                        waiting.into_iter().map(|(key, row)| (w::reference.eq(key), w::work.eq(row))).collect();
+                    let rows: Vec<_> = waiting
+                        .into_iter()
+                        .map(|(key, row, trace)| (w::reference.eq(key), w::work.eq(row), w::traceparent.eq(trace)))
+                        .collect();
                     diesel::insert_into(w::table).values(rows).on_conflict_do_nothing().execute(conn)?;
                 }
                 if !internal.is_empty() {
@@ -416,8 +446,8 @@ impl Level {
         }
         broker::confirmed(broker::start_statuses(publisher, events).await?).await?;
         let mut confirms = Vec::with_capacity(forwards.len());
-        for (reference, work) in forwards {
-            confirms.push(broker::start_work(publisher, &reference, work).await?);
+        for (reference, work, span) in forwards {
+            confirms.push(broker::start_work(publisher, &reference, work, &span).await?);
         }
         broker::confirmed(confirms).await?;
         Ok(())
@@ -430,7 +460,7 @@ impl Level {
         for item in items {
             let retry = Disposition::Retry(e.to_string());
             if item.last_attempt {
-                self.announce_failure(&item.reference, item.work.decisions.len(), publisher).await;
+                self.announce_failure(&item.reference, item.work.decisions.len(), publisher, &item.span).await;
             }
             answers.push((item.index, retry));
         }
@@ -447,6 +477,7 @@ impl Level {
         last_attempt: bool,
         decided_so_far: Option<usize>,
         publisher: &Publisher,
+        span: &Span,
     ) -> Disposition {
         match result {
             Ok(()) => Disposition::Ack,
@@ -457,9 +488,9 @@ impl Level {
                 Disposition::Requeue
             }
             Err(e) => {
-                tracing::warn!(error = %e, %reference, "step not completed");
+                span.in_scope(|| tracing::warn!(error = %e, %reference, "step not completed"));
                 if let (true, Some(decided)) = (last_attempt, decided_so_far) {
-                    self.announce_failure(reference, decided, publisher).await;
+                    self.announce_failure(reference, decided, publisher, span).await;
                 }
                 Disposition::Retry(e.to_string())
             }
@@ -468,9 +499,9 @@ impl Level {
 
     /// The retry budget is spent: the application becomes `failed` (its message goes
     /// to the dead-letter queue, from which it can be replayed).
-    async fn announce_failure(&self, reference: &Reference, decided_so_far: usize, publisher: &Publisher) {
+    async fn announce_failure(&self, reference: &Reference, decided_so_far: usize, publisher: &Publisher, span: &Span) {
         let event = StatusEvent::progress(decided_so_far, Status::Failed, Some(self.name.clone()), Utc::now());
-        if let Err(e) = broker::send_status(publisher, reference, event).await {
+        if let Err(e) = broker::send_status(publisher, reference, event, span).await {
             tracing::warn!(error = %e, "could not announce the failure");
         }
     }
@@ -498,6 +529,7 @@ impl Level {
         mut work: WorkItem,
         decision: Decision,
         publisher: &Publisher,
+        span: &Span,
     ) -> Result<(), StepError> {
         let outcome = decision.outcome;
         let (event, next) = Self::decided(&mut work, decision);
@@ -507,10 +539,10 @@ impl Level {
                 // The decision is announced (and confirmed) before the next step can
                 // start, so the status never shows a later step, or `approved`, ahead
                 // of the decision that allowed it.
-                broker::send_status(publisher, reference, event).await?;
-                broker::send_work(publisher, reference, work).await?;
+                broker::send_status(publisher, reference, event, span).await?;
+                broker::send_work(publisher, reference, work, span).await?;
             }
-            None => broker::send_status(publisher, reference, event).await?,
+            None => broker::send_status(publisher, reference, event, span).await?,
         }
         tracing::info!(level = %self.name, outcome = outcome.as_str(), "decided");
         Ok(())
@@ -523,6 +555,7 @@ impl Level {
         message_id: uuid::Uuid,
         approval: ApproverDecision,
         publisher: &Publisher,
+        span: &Span,
     ) -> Result<(), StepError> {
         if self.rule.kind != LevelKind::Manager || approval.level != self.name {
             return Err(StepError::Misrouted(format!(
@@ -541,8 +574,8 @@ impl Level {
             Ok(Some(
                 schema::waiting::table
                     .find(&key)
-                    .select(schema::waiting::work)
-                    .first::<serde_json::Value>(conn)
+                    .select((schema::waiting::work, schema::waiting::traceparent))
+                    .first::<(serde_json::Value, Option<String>)>(conn)
                     .optional()?,
             ))
         })
@@ -550,7 +583,15 @@ impl Level {
         match waiting {
             None => tracing::info!(level = %self.name, "duplicate delivery ignored"),
             Some(None) => tracing::info!(level = %self.name, "no application waiting; it was decided already"),
-            Some(Some(row)) => {
+            Some(Some((row, traceparent))) => {
+                // The application goes on in its own trace, linked to the decision's.
+                let resumed = tracing::info_span!(parent: None, "decided by a person", reference = %reference);
+                loanflow_platform::trace::continue_trace(
+                    &resumed,
+                    loanflow_platform::trace::context_of(traceparent.as_deref()),
+                );
+                loanflow_platform::trace::link(&resumed, span);
+                let span = &resumed;
                 let mut work: WorkItem = serde_json::from_value(row)
                     .map_err(|e| StepError::Misrouted(format!("unreadable waiting application: {e}")))?;
                 // Four eyes: the rule, checked here too, whatever the sender checked.
@@ -581,7 +622,7 @@ impl Level {
                     decided_by: DecidedBy::Approver(approval.approver),
                     decided_at: approval.decided_at,
                 };
-                self.apply_decision(reference, work, decision, publisher).await?;
+                self.apply_decision(reference, work, decision, publisher, span).await?;
                 let key = reference.as_str().to_owned();
                 blocking(&self.pool, move |conn| {
                     diesel::delete(schema::waiting::table.find(key)).execute(conn).map_err(DbError::from)
@@ -633,7 +674,8 @@ impl Rule {
         let url = format!("{}/api/scores", self.policies.bureau_url.trim_end_matches('/'));
         let unavailable = |e: reqwest::Error| StepError::BureauUnavailable(e.without_url().to_string());
         let request = serde_json::json!({ "national_id": national_id });
-        let response = self.bureau.post(url).json(&request).send().await.map_err(unavailable)?;
+        let call = loanflow_platform::trace::inject_http(&Span::current(), self.bureau.post(url));
+        let response = call.json(&request).send().await.map_err(unavailable)?;
         let response = response.error_for_status().map_err(unavailable)?;
         let body: ScoreBody = response.json().await.map_err(unavailable)?;
         Ok(body.score)

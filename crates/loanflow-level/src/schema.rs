@@ -20,6 +20,7 @@ diesel::table! {
         reference -> Text,
         work -> Jsonb,
         waiting_since -> Timestamptz,
+        traceparent -> Nullable<Text>,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 pub mod twin;
 
 pub use settings::Settings;

@@ -70,7 +70,9 @@ pub fn render() -> String {
 }
 
 /// Counts and times every request of the app it wraps
-/// (`App::new().wrap(actix_web::middleware::from_fn(metrics::http))`).
+/// (`App::new().wrap(actix_web::middleware::from_fn(metrics::http))`), and runs it in a
+/// server span that continues the caller's trace (a `traceparent` header), except
+/// health checks and metric scrapes, which would only fill traces with noise.
 pub async fn http(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
@@ -78,9 +80,27 @@ pub async fn http(
     install();
     let started = std::time::Instant::now();
     let method = req.method().to_string();
-    let response = next.call(req).await?;
+    let probe = req.path().starts_with("/health/") || req.path() == "/metrics";
+    let span = if probe {
+        tracing::Span::none()
+    } else {
+        let span = tracing::info_span!(
+            "http",
+            otel.name = %method,
+            otel.kind = "server",
+            http.request.method = %method,
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::trace::continue_trace(&span, crate::trace::extract_http(req.headers()));
+        span
+    };
+    let response = tracing::Instrument::instrument(next.call(req), span.clone()).await?;
     let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let status = response.status().as_u16().to_string();
+    crate::trace::rename(&span, format!("{method} {route}"));
+    span.record("http.route", route.as_str());
+    span.record("http.response.status_code", response.status().as_u16());
     metrics::counter!(HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route).record(started.elapsed().as_secs_f64());

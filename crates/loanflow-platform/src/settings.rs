@@ -65,6 +65,45 @@ pub struct TelemetrySettings {
     pub format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG`, when set, wins.
     pub filter: String,
+    /// Traces, exported over OpenTelemetry's OTLP.
+    #[serde(default)]
+    pub otlp: OtlpSettings,
+}
+
+/// Where and how spans are exported. Off while `endpoint` is empty: then no span is
+/// exported and no trace context travels with the messages.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OtlpSettings {
+    /// The collector's OTLP/HTTP base address (`http://collector:4318`); spans go to
+    /// `<endpoint>/v1/traces`. Empty: tracing is off.
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// The share of new traces kept, from 0 to 1; a trace begun elsewhere (a caller's
+    /// `traceparent`) keeps its caller's choice.
+    #[serde(default = "all_traces")]
+    pub sample_ratio: f64,
+    /// How often finished spans are sent, in milliseconds.
+    #[serde(default = "export_every")]
+    pub export_interval_ms: u64,
+}
+
+fn all_traces() -> f64 {
+    1.0
+}
+
+fn export_every() -> u64 {
+    5000
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

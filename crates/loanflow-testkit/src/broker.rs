@@ -12,7 +12,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
-use loanflow_domain::messages::{Envelope, StatusEvent, StatusMessage};
+use loanflow_domain::messages::{Envelope, ReferencedStatus, StatusEvent, StatusMessage};
 use loanflow_platform::broker::{Topology, STATUS_EXCHANGE};
 use loanflow_platform::Settings;
 
@@ -127,7 +127,7 @@ impl TestSystem {
             while let Some(Ok(delivery)) = consumer.next().await {
                 if let Ok(env) = Envelope::<StatusMessage>::decode(&delivery.data) {
                     let mut sink = sink.lock().expect("tap lock");
-                    for (reference, event) in env.body.into_events(env.reference) {
+                    for ReferencedStatus { reference, event, .. } in env.body.into_events(env.reference) {
                         sink.push(Tapped { reference: reference.to_string(), message_id: env.message_id, event });
                     }
                 }

@@ -37,11 +37,13 @@ use loanflow_platform::shutdown::Running;
 use loanflow_platform::Settings;
 
 mod broker;
+mod collector;
 mod database;
 mod fixtures;
 mod proxy;
 
 pub use broker::{EventTap, Tapped};
+pub use collector::{CollectedSpan, OtlpCollector};
 pub use fixtures::application;
 pub use proxy::FaultProxy;
 
@@ -132,10 +134,13 @@ impl TestSystem {
 
     async fn try_start(options: Options) -> anyhow::Result<TestSystem> {
         if std::env::var("TEST_LOG").is_ok() {
-            loanflow_platform::telemetry::init(&loanflow_platform::settings::TelemetrySettings {
+            let logs = loanflow_platform::settings::TelemetrySettings {
                 format: loanflow_platform::settings::LogFormat::Pretty,
                 filter: "info".into(),
-            });
+                otlp: Default::default(),
+            };
+            // Logs only: nothing to export, so nothing to shut down.
+            let _ = loanflow_platform::telemetry::init(&logs, "loanflow-test");
         }
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let vhost = format!("loanflow-test-{id}");
@@ -321,9 +326,16 @@ impl TestSystem {
     /// Runs a level as its own operating-system process (`loanflow level <name>`), so
     /// that a test can kill it. `binary` is the `loanflow` executable.
     pub fn spawn_level_process(&self, binary: &str, name: &str) -> tokio::process::Child {
+        self.level_process(binary, name).spawn().expect("the loanflow binary starts")
+    }
+
+    /// The command [`TestSystem::spawn_level_process`] runs, for a test that configures
+    /// more (its environment) before spawning it.
+    pub fn level_process(&self, binary: &str, name: &str) -> tokio::process::Command {
         let s = &self.settings;
         let retry = &s.retry;
-        tokio::process::Command::new(binary)
+        let mut command = tokio::process::Command::new(binary);
+        command
             .args(["level", name])
             .env("LOANFLOW_CONFIG_DIR", "/nonexistent")
             .env("LOANFLOW__BROKER__URL", &s.broker.url)
@@ -342,9 +354,8 @@ impl TestSystem {
             .env("LOANFLOW__LEVELS__DATABASE__POOL_SIZE", s.levels.database.pool_size.to_string())
             .env("LOANFLOW__LEVELS__BUREAU_URL", &s.levels.bureau_url)
             .env("LOANFLOW__TELEMETRY__FILTER", if std::env::var("TEST_LOG").is_ok() { "info" } else { "error" })
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the loanflow binary starts")
+            .kill_on_drop(true);
+        command
     }
 
     /// The health address of every level instance running.

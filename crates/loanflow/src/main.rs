@@ -151,13 +151,33 @@ async fn main() -> anyhow::Result<()> {
     }
     let mode = if cli.development { Mode::Development } else { Mode::Production };
     let settings = Settings::load(&cli.config, mode).context("loading configuration")?;
-    telemetry::init(&settings.telemetry);
+    let telemetry = telemetry::init(&settings.telemetry, &service_name(&cli.command));
     if mode == Mode::Development {
         announce_development(&settings);
     }
+    let outcome = serve(cli.command, settings).await;
+    // Whatever the outcome, the spans still buffered are sent.
+    telemetry.shutdown();
+    outcome
+}
+
+/// What traces call this process (OpenTelemetry's `service.name`).
+fn service_name(command: &Command) -> String {
+    match command {
+        Command::Intake => "loanflow-intake".to_owned(),
+        Command::Bureau => "loanflow-bureau".to_owned(),
+        Command::Level { name } => format!("loanflow-level-{name}"),
+        Command::Ledger => "loanflow-ledger".to_owned(),
+        Command::Twin { .. } => "loanflow-twin".to_owned(),
+        _ => "loanflow".to_owned(),
+    }
+}
+
+/// Runs the service or the command that `command` names until it is done, or stopped.
+async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
     let one = |name: &str, running: Running| vec![(name.to_owned(), running)];
-    let running = match cli.command {
+    let running = match command {
         Command::Migrate => return migrate(&settings).await,
         Command::Simulate { .. } | Command::Token | Command::Probe { .. } => {
             unreachable!("handled above: they need no configuration")

@@ -170,7 +170,9 @@ pub fn document(settings: &Settings) -> Value {
             "x-loanflow-origin-queue": { "type": "string", "description": "The queue a retried or dead message came from." },
             "x-loanflow-reason": { "type": "string", "description": "Why a message was dead-lettered." },
             "x-loanflow-sent-at-us": { "type": "integer", "description": "When it was first sent, in microseconds since the epoch." },
-            "x-loanflow-dead-at": { "type": "integer", "description": "When it was dead-lettered." }
+            "x-loanflow-dead-at": { "type": "integer", "description": "When it was dead-lettered." },
+            "traceparent": { "type": "string", "description": "W3C trace context of the span that sent it (while tracing is on); each item of a status batch carries its own." },
+            "tracestate": { "type": "string", "description": "W3C trace state, where the trace has one." }
         }
     });
     json!({

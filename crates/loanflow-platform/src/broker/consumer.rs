@@ -240,20 +240,37 @@ impl Settler {
         let max_attempts = self.retry.max_attempts;
         let sender = |d: &Delivery| d.properties.user_id().as_ref().map(|u| u.to_string());
         let accepted: Vec<bool> = deliveries.iter().map(|d| self.senders.allows(sender(d).as_deref())).collect();
+        // The batch's span begins no trace of an application: it links to each of theirs.
+        let span = info_span!(
+            parent: None,
+            "batch",
+            otel.name = %format_args!("process batch {}", self.queue),
+            queue = %self.queue,
+            size = deliveries.len()
+        );
+        let items: Vec<tracing::Span> = deliveries
+            .iter()
+            .map(|d| {
+                let item = self.item_span(d);
+                crate::trace::link(&span, &item);
+                item
+            })
+            .collect();
         let incoming: Batch = deliveries
             .iter()
             .zip(&accepted)
-            .filter(|(_, accepted)| **accepted)
-            .map(|(d, _)| Incoming {
+            .zip(&items)
+            .filter(|((_, accepted), _)| **accepted)
+            .map(|((d, _), item)| Incoming {
                 data: d.data.clone(),
                 sender: sender(d),
                 reference: header_string(&d.properties, REFERENCE_HEADER),
                 redelivered: d.redelivered,
                 attempts: attempts(d),
                 max_attempts,
+                span: item.clone(),
             })
             .collect();
-        let span = info_span!("batch", queue = %self.queue, size = deliveries.len());
         let queue = self.queue.clone();
         ::metrics::histogram!(names::BATCH_SIZE, "queue" => queue.clone()).record(deliveries.len() as f64);
         let now = chrono::Utc::now().timestamp_micros();
@@ -273,9 +290,7 @@ impl Settler {
 
         // Hand-offs first, all of them, then one wait for their confirms.
         let mut handoffs = Vec::new();
-        for (delivery, accepted) in deliveries.iter().zip(accepted) {
-            let reference = header_string(&delivery.properties, REFERENCE_HEADER);
-            let item = info_span!(parent: &span, "delivery", reference = reference.as_deref().unwrap_or("-"));
+        for ((delivery, accepted), item) in deliveries.iter().zip(accepted).zip(items) {
             let disposition = if accepted {
                 dispositions.next().unwrap_or(Disposition::Requeue)
             } else {
@@ -285,7 +300,7 @@ impl Settler {
                 });
                 Disposition::DeadLetter(format!("refused: {sender} may not send to {}", self.queue))
             };
-            handoffs.push(self.hand_off(delivery, disposition).instrument(item));
+            handoffs.push(self.hand_off(delivery, disposition, item.clone()).instrument(item));
         }
         let settled = join_all(handoffs).await;
 
@@ -309,7 +324,7 @@ impl Settler {
     }
 
     /// Carries out one item's disposition, up to the broker's confirm of any hand-off.
-    async fn hand_off(&self, delivery: &Delivery, disposition: Disposition) -> Settled {
+    async fn hand_off(&self, delivery: &Delivery, disposition: Disposition, item: tracing::Span) -> Settled {
         let outcome = match &disposition {
             Disposition::Ack => "ack",
             Disposition::Requeue => "requeue",
@@ -322,17 +337,17 @@ impl Settler {
         let moved = match &disposition {
             Disposition::Ack => return Settled::Done,
             Disposition::Requeue => return Settled::Returned,
-            Disposition::DeadLetter(reason) => self.dead_letter(delivery, reason, attempts + 1).await,
+            Disposition::DeadLetter(reason) => self.dead_letter(delivery, reason, attempts + 1, &item).await,
             Disposition::Retry(reason) if last_attempt => {
                 let reason = format!("gave up after {} attempts: {reason}", attempts + 1);
-                self.dead_letter(delivery, &reason, attempts + 1).await
+                self.dead_letter(delivery, &reason, attempts + 1, &item).await
             }
             Disposition::Retry(reason) => {
                 let delay = self.retry.delay_after(attempts + 1);
                 tracing::info!(%reason, retry_in_ms = delay, "will retry");
                 let mut headers = FieldTable::default();
                 headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempts + 1));
-                self.republish(delivery, &retry_exchange(delay), &self.queue, headers).await
+                self.republish(delivery, &retry_exchange(delay), &self.queue, headers, &item).await
             }
         };
         match moved {
@@ -344,14 +359,20 @@ impl Settler {
         }
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str, attempts: u32) -> Result<(), BrokerError> {
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        attempts: u32,
+        item: &tracing::Span,
+    ) -> Result<(), BrokerError> {
         tracing::warn!(%reason, "dead-lettering message");
         let mut headers = FieldTable::default();
         headers.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason)));
         headers.insert(ORIGIN_HEADER.into(), AMQPValue::LongString(LongString::from(self.queue.as_str())));
         headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempts));
         headers.insert(DEAD_AT_HEADER.into(), AMQPValue::LongLongInt(chrono::Utc::now().timestamp()));
-        self.republish(delivery, DEAD_LETTER_EXCHANGE, "", headers).await
+        self.republish(delivery, DEAD_LETTER_EXCHANGE, "", headers, item).await
     }
 
     async fn republish(
@@ -359,11 +380,33 @@ impl Settler {
         delivery: &Delivery,
         exchange: &str,
         routing_key: &str,
-        headers: FieldTable,
+        mut headers: FieldTable,
+        item: &tracing::Span,
     ) -> Result<(), BrokerError> {
+        // A retry, or a replay of a dead letter, goes on in the trace of this attempt.
+        crate::trace::inject(item, &mut headers);
         start_republish(&self.publisher, &delivery.properties, &delivery.data, (exchange, routing_key), headers, None)
             .await?
             .await
+    }
+}
+
+impl Settler {
+    /// The span of one delivery's processing, continuing the trace its message carries
+    /// (OpenTelemetry's messaging conventions: a consumer span per message).
+    fn item_span(&self, delivery: &Delivery) -> tracing::Span {
+        let reference = header_string(&delivery.properties, REFERENCE_HEADER);
+        let span = info_span!(
+            parent: None,
+            "process",
+            otel.name = %format_args!("process {}", self.queue),
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = %self.queue,
+            reference = reference.as_deref().unwrap_or("-"),
+        );
+        crate::trace::continue_trace(&span, crate::trace::extract(delivery.properties.headers().as_ref()));
+        span
     }
 }
 

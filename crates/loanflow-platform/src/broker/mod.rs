@@ -34,8 +34,11 @@ mod watermark;
 
 pub use connection::{connect, connect_with_backoff, pause_unless_stopped, Backoff, Supervisor};
 pub use consumer::{consume, unacknowledged, Batch};
+/// A message's headers (AMQP's field table), as [`Outgoing`] takes them.
+pub use lapin::types::FieldTable;
 pub use publisher::{
-    confirmed, send_status, send_work, start_status, start_statuses, start_work, Confirm, Outgoing, Publisher,
+    confirmed, send_status, send_work, start_status, start_statuses, start_work, Announcement, Confirm, Outgoing,
+    Publisher,
 };
 pub(crate) use publisher::{republish, start_republish};
 pub use topology::Topology;
@@ -111,6 +114,10 @@ pub struct Incoming {
     /// Attempts already made at this message (0 on its first delivery).
     pub attempts: u32,
     pub max_attempts: u32,
+    /// This delivery's processing: it continues the trace the message carries, and
+    /// carries the reference. Work done for this one delivery runs in it, and what it
+    /// sends on continues its trace.
+    pub span: tracing::Span,
 }
 
 impl Incoming {

@@ -6,6 +6,7 @@ use std::future::Future;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tracing::Span;
 use uuid::Uuid;
 
 use super::{
@@ -133,13 +134,15 @@ pub(crate) async fn start_republish(
 /// The wait for one publish's confirm.
 pub type Confirm = std::pin::Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
 
-/// Publishes a status event for `reference` and waits for the broker's confirm.
+/// Publishes a status event for `reference` and waits for the broker's confirm; it
+/// continues the trace of `cause`, the span of the work that led to it.
 pub async fn send_status(
     publisher: &Publisher,
     reference: &loanflow_domain::Reference,
     event: loanflow_domain::messages::StatusEvent,
+    cause: &Span,
 ) -> Result<(), BrokerError> {
-    start_status(publisher, reference, event).await?.await
+    start_status(publisher, reference, event, cause).await?.await
 }
 
 /// Starts publishing a status event; returns the wait for its confirm, so that a batch's
@@ -148,23 +151,28 @@ pub async fn start_status(
     publisher: &Publisher,
     reference: &loanflow_domain::Reference,
     event: loanflow_domain::messages::StatusEvent,
+    cause: &Span,
 ) -> Result<Confirm, BrokerError> {
     use loanflow_domain::messages::{Envelope, StatusMessage};
     let what = format!("status/{}", event.seq);
     let envelope = Envelope::new(reference.clone(), &what, chrono::Utc::now(), StatusMessage::V1(event));
-    start_envelope(publisher, STATUS_EXCHANGE, "", &envelope).await
+    start_envelope(publisher, STATUS_EXCHANGE, "", &envelope, cause).await
 }
 
-/// Starts publishing an envelope, its reference in the reference header.
+/// Starts publishing an envelope, its reference in the reference header and the trace
+/// context of `cause` in the trace headers.
 async fn start_envelope<B>(
     publisher: &Publisher,
     exchange: &str,
     routing_key: &str,
     envelope: &loanflow_domain::messages::Envelope<B>,
+    cause: &Span,
 ) -> Result<Confirm, BrokerError>
 where
     B: serde::Serialize + serde::de::DeserializeOwned,
 {
+    let mut headers = FieldTable::default();
+    crate::trace::inject(cause, &mut headers);
     let confirm = publisher
         .start(Outgoing {
             exchange,
@@ -172,7 +180,7 @@ where
             reference: envelope.reference.as_str(),
             message_id: envelope.message_id,
             payload: &envelope.encode(),
-            headers: FieldTable::default(),
+            headers,
             expiration_ms: None,
         })
         .await?;
@@ -184,26 +192,35 @@ where
 /// largest batch in memory.
 pub const STATUS_BATCH_MAX: usize = 32;
 
+/// A status event to announce, with the span of the work that led to it (its trace).
+pub type Announcement = (loanflow_domain::Reference, loanflow_domain::messages::StatusEvent, Span);
+
 /// Starts publishing the status events of one delivery batch, [`STATUS_BATCH_MAX`] to a
 /// message (a lone event as a plain `loan.status.v1`); returns the waits for their
-/// confirms (none when there is nothing to announce).
-pub async fn start_statuses(
-    publisher: &Publisher,
-    events: Vec<(loanflow_domain::Reference, loanflow_domain::messages::StatusEvent)>,
-) -> Result<Vec<Confirm>, BrokerError> {
+/// confirms (none when there is nothing to announce). Each event carries its own trace
+/// context (in the message's headers, or in its item of a batch message, whose headers
+/// carry the publishing batch's).
+pub async fn start_statuses(publisher: &Publisher, events: Vec<Announcement>) -> Result<Vec<Confirm>, BrokerError> {
     use loanflow_domain::messages::{Envelope, ReferencedStatus, StatusMessage};
     let mut confirms = Vec::with_capacity(events.len().div_ceil(STATUS_BATCH_MAX));
     let mut events = events.into_iter().peekable();
     while events.peek().is_some() {
         let mut chunk: Vec<_> = events.by_ref().take(STATUS_BATCH_MAX).collect();
         if chunk.len() == 1 {
-            if let Some((reference, event)) = chunk.pop() {
-                confirms.push(start_status(publisher, &reference, event).await?);
+            if let Some((reference, event, cause)) = chunk.pop() {
+                confirms.push(start_status(publisher, &reference, event, &cause).await?);
             }
             continue;
         }
         let first = chunk[0].0.clone();
-        let batch = chunk.into_iter().map(|(reference, event)| ReferencedStatus { reference, event }).collect();
+        let batch = chunk
+            .into_iter()
+            .map(|(reference, event, cause)| ReferencedStatus {
+                reference,
+                event,
+                traceparent: crate::trace::traceparent(&cause),
+            })
+            .collect();
         // A batch is never redelivered as the same batch (its consumer, the projection,
         // is idempotent by sequence number), so its id need not be derived.
         let envelope = Envelope {
@@ -212,18 +229,20 @@ pub async fn start_statuses(
             sent_at: chrono::Utc::now(),
             body: StatusMessage::BatchV1(batch),
         };
-        confirms.push(start_envelope(publisher, STATUS_EXCHANGE, "", &envelope).await?);
+        confirms.push(start_envelope(publisher, STATUS_EXCHANGE, "", &envelope, &Span::current()).await?);
     }
     Ok(confirms)
 }
 
-/// Sends a work item to the step its slip points at, and waits for the confirm.
+/// Sends a work item to the step its slip points at, continuing the trace of `cause`,
+/// and waits for the confirm.
 pub async fn send_work(
     publisher: &Publisher,
     reference: &loanflow_domain::Reference,
     item: loanflow_domain::messages::WorkItem,
+    cause: &Span,
 ) -> Result<(), BrokerError> {
-    start_work(publisher, reference, item).await?.await
+    start_work(publisher, reference, item, cause).await?.await
 }
 
 /// Starts sending a work item; returns the wait for its confirm.
@@ -231,11 +250,12 @@ pub async fn start_work(
     publisher: &Publisher,
     reference: &loanflow_domain::Reference,
     item: loanflow_domain::messages::WorkItem,
+    cause: &Span,
 ) -> Result<Confirm, BrokerError> {
     use loanflow_domain::messages::{Envelope, WorkMessage};
     let step = item.slip.current().unwrap_or_default().to_owned();
     let envelope = Envelope::new(reference.clone(), &format!("work/{step}"), chrono::Utc::now(), WorkMessage::V1(item));
-    start_envelope(publisher, WORK_EXCHANGE, &step, &envelope).await
+    start_envelope(publisher, WORK_EXCHANGE, &step, &envelope, cause).await
 }
 
 /// Awaits every confirm; the first failure, if any.

@@ -1,0 +1,1 @@
+ALTER TABLE waiting DROP COLUMN traceparent;

@@ -83,16 +83,8 @@ async fn drain_once(pool: &PgPool, publisher: &Publisher, batch: i64) -> Result<
         if let Some(traceparent) = &row.traceparent {
             // The act that queued the message goes on in its publication (a producer
             // span), whose context the message carries.
-            let span = tracing::info_span!(
-                parent: None,
-                "publish",
-                otel.name = %format_args!("send {}", row.exchange),
-                otel.kind = "producer",
-                messaging.system = "rabbitmq",
-                messaging.destination.name = %row.exchange,
-                reference = %row.reference,
-            );
-            trace::continue_trace(&span, trace::context_of(Some(traceparent)));
+            let parent = trace::context_of(Some(traceparent));
+            let span = trace::message_span(trace::Messaging::Send, &row.exchange, &row.reference, parent);
             trace::inject(&span, &mut headers);
         }
         let started = publisher

@@ -68,6 +68,37 @@ pub fn context_of(traceparent: Option<&str>) -> Context {
     }
 }
 
+/// What a message's span does, in OpenTelemetry's messaging terms.
+#[derive(Debug, Clone, Copy)]
+pub enum Messaging {
+    /// Publishing it (a producer span).
+    Send,
+    /// Handling one delivery of it (a consumer span).
+    Process,
+}
+
+/// The span of sending or processing one message about `reference` on `destination`
+/// (an exchange, a queue), named and tagged as OpenTelemetry's messaging conventions
+/// say, continuing the trace of `parent` (the act that sent it, or the message's own).
+pub fn message_span(what: Messaging, destination: &str, reference: &str, parent: Context) -> Span {
+    let (operation, kind) = match what {
+        Messaging::Send => ("send", "producer"),
+        Messaging::Process => ("process", "consumer"),
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "message",
+        otel.name = %format_args!("{operation} {destination}"),
+        otel.kind = kind,
+        messaging.system = "rabbitmq",
+        messaging.operation.name = operation,
+        messaging.destination.name = destination,
+        reference,
+    );
+    continue_trace(&span, parent);
+    span
+}
+
 /// Makes `span` continue the trace of `parent` (a remote context: a message's, a
 /// caller's). Must be called before the span is first entered; an empty context, or
 /// tracing being off, leaves the span as it is.

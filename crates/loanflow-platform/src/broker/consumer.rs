@@ -36,6 +36,7 @@ use super::{
 use crate::health::Flag;
 use crate::metrics as names;
 use crate::settings::{RetrySettings, Settings};
+use crate::trace::Messaging;
 
 /// The deliveries of one batch, as the handler sees them, in delivery order.
 pub type Batch = Vec<Incoming>;
@@ -251,7 +252,15 @@ impl Settler {
         let items: Vec<tracing::Span> = deliveries
             .iter()
             .map(|d| {
-                let item = self.item_span(d);
+                // A consumer span per delivery (OpenTelemetry's messaging conventions),
+                // continuing the trace its message carries.
+                let reference = header_string(&d.properties, REFERENCE_HEADER);
+                let item = crate::trace::message_span(
+                    Messaging::Process,
+                    &self.queue,
+                    reference.as_deref().unwrap_or("-"),
+                    crate::trace::extract(d.properties.headers().as_ref()),
+                );
                 crate::trace::link(&span, &item);
                 item
             })
@@ -388,25 +397,6 @@ impl Settler {
         start_republish(&self.publisher, &delivery.properties, &delivery.data, (exchange, routing_key), headers, None)
             .await?
             .await
-    }
-}
-
-impl Settler {
-    /// The span of one delivery's processing, continuing the trace its message carries
-    /// (OpenTelemetry's messaging conventions: a consumer span per message).
-    fn item_span(&self, delivery: &Delivery) -> tracing::Span {
-        let reference = header_string(&delivery.properties, REFERENCE_HEADER);
-        let span = info_span!(
-            parent: None,
-            "process",
-            otel.name = %format_args!("process {}", self.queue),
-            otel.kind = "consumer",
-            messaging.system = "rabbitmq",
-            messaging.destination.name = %self.queue,
-            reference = reference.as_deref().unwrap_or("-"),
-        );
-        crate::trace::continue_trace(&span, crate::trace::extract(delivery.properties.headers().as_ref()));
-        span
     }
 }
 

@@ -37,8 +37,16 @@ ctl() { # ctl <1-3> <rabbitmqctl arguments...>
   on_node "$i" /usr/lib/rabbitmq/bin/rabbitmqctl -n "${nodes[i - 1]}@localhost" -q "$@"
 }
 
-start_node() { # start_node <1-3>: starts it unless it runs, and waits until it has booted
+launch_node() { # launch_node <1-3>: starts it unless it runs, without waiting
   ctl "$1" status >/dev/null 2>&1 || on_node "$1" /usr/lib/rabbitmq/bin/rabbitmq-server -detached
+}
+
+start_node() { # start_node <1-3>: starts it unless it runs, and waits until it has booted
+  launch_node "$1"
+  wait_node "$1"
+}
+
+wait_node() { # wait_node <1-3>: waits until it has booted
   for _ in $(seq 1 120); do
     ctl "$1" await_startup --timeout 60 >/dev/null 2>&1 && return 0
     sleep 1
@@ -49,7 +57,10 @@ start_node() { # start_node <1-3>: starts it unless it runs, and waits until it 
 
 case "${1:-}" in
   start)
-    for i in 1 2 3; do start_node "$i"; done
+    # All three at once: a node that was stopped before the others waits at boot for the
+    # tables of the nodes that outlived it, so none may wait for another to boot first.
+    for i in 1 2 3; do launch_node "$i"; done
+    for i in 1 2 3; do wait_node "$i"; done
     for i in 2 3; do
       if ! ctl "$i" cluster_status --formatter json | grep -q '"lf1@localhost"'; then
         ctl "$i" stop_app

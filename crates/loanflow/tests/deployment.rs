@@ -48,7 +48,14 @@ async fn the_broker_definitions_import_into_a_scratch_vhost() {
             answer.json::<Value>().await.unwrap()
         }
     };
-    let queues = get(format!("queues/{vhost}")).await;
+    // The management API shows a queue's policy once its statistics are next collected.
+    let applied = |queues: &Value| queues.as_array().is_some_and(|q| q.iter().all(|q| q["policy"].is_string()));
+    let mut queues = get(format!("queues/{vhost}")).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !applied(&queues) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        queues = get(format!("queues/{vhost}")).await;
+    }
     let permissions = get(format!("vhosts/{vhost}/permissions")).await;
     let policies = get(format!("policies/{vhost}")).await;
     // Clean up before asserting, so that a failure leaves nothing behind.
@@ -73,7 +80,21 @@ async fn the_broker_definitions_import_into_a_scratch_vhost() {
     let prefix = settings.broker.user_prefix.clone();
     let services = permissions.as_array().unwrap().iter().filter(|p| p["user"].as_str().unwrap().starts_with(&prefix));
     assert_eq!(services.count(), access::grants().len(), "every service user has its permissions");
-    assert_eq!(policies[0]["definition"]["message-ttl"], 1_209_600_000_u64, "dead letters kept 14 days");
+    let policy = |name: &str| policies.as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap();
+    let retention = policy("loanflow-dead-letter-retention");
+    assert_eq!(retention["definition"]["message-ttl"], 1_209_600_000_u64, "dead letters kept 14 days");
+    let dead_lettering = policy("loanflow-at-least-once-dead-lettering");
+    assert_eq!(dead_lettering["definition"]["dead-letter-strategy"], "at-least-once");
+    // It applies to every queue that dead-letters: the retry tiers, the steps, the status queue.
+    for q in queues.as_array().unwrap() {
+        let name = q["name"].as_str().unwrap();
+        let expected = if name == "loanflow.dead-letters" {
+            "loanflow-dead-letter-retention"
+        } else {
+            "loanflow-at-least-once-dead-lettering"
+        };
+        assert_eq!(q["policy"], expected, "the policy of {name}");
+    }
 }
 
 /// A checking tool of `target/tools/py` (installed by `make prepare`), run from the

@@ -199,6 +199,7 @@ pub async fn provision(settings: &Settings) -> Result<(), ProvisionError> {
         api.put(&format!("topic-permissions/{encoded}/{user}"), topic).await?;
     }
     api.put(&format!("policies/{encoded}/{RETENTION_POLICY}"), retention_policy(settings)).await?;
+    api.put(&format!("policies/{encoded}/{DEAD_LETTERING_POLICY}"), dead_lettering_policy()).await?;
     Ok(())
 }
 
@@ -245,13 +246,16 @@ pub fn definitions(settings: &Settings) -> serde_json::Value {
     let mut retention = retention_policy(settings);
     retention["vhost"] = json!(vhost);
     retention["name"] = json!(RETENTION_POLICY);
+    let mut dead_lettering = dead_lettering_policy();
+    dead_lettering["vhost"] = json!(vhost);
+    dead_lettering["name"] = json!(DEAD_LETTERING_POLICY);
     let (exchanges, queues, bindings) = super::Topology::new(settings).definitions(&vhost);
     json!({
         "vhosts": [{"name": vhost}],
         "users": users,
         "permissions": permissions,
         "topic_permissions": topic_permissions,
-        "policies": [retention],
+        "policies": [retention, dead_lettering],
         "exchanges": exchanges,
         "queues": queues,
         "bindings": bindings,
@@ -319,6 +323,25 @@ fn retention_policy(settings: &Settings) -> serde_json::Value {
         "apply-to": "queues",
         "priority": 1,
         "definition": {"message-ttl": ttl_ms},
+    })
+}
+
+const DEAD_LETTERING_POLICY: &str = "loanflow-at-least-once-dead-lettering";
+
+/// What a quorum queue dead-letters (a retry whose wait is over, back to its queue; a
+/// message past its delivery limit, to the dead-letter queue) it hands on at least
+/// once: it keeps the message until the target has confirmed it. RabbitMQ's default,
+/// at most once, drops it when the target cannot take it at that moment (its leader
+/// lost with a cluster node), losing an application that was waiting for a retry.
+/// At-least-once needs `reject-publish` overflow (no length limit is set, so nothing is
+/// ever rejected). The dead-letter queue keeps its own policy (its retention): it
+/// dead-letters nothing.
+fn dead_lettering_policy() -> serde_json::Value {
+    json!({
+        "pattern": "^loanflow\\.(retry\\.|step\\.|intake\\.status$)",
+        "apply-to": "queues",
+        "priority": 1,
+        "definition": {"dead-letter-strategy": "at-least-once", "overflow": "reject-publish"},
     })
 }
 

@@ -171,6 +171,11 @@ impl Session<'_> {
                     if !self.conn.status().connected() {
                         break Err(BrokerError::ConnectionLost);
                     }
+                    // Its deliveries would come back, be handled again and be refused
+                    // again until their delivery limit dead-lettered them: start over.
+                    if publisher.refused() {
+                        break Err(BrokerError::PublishesRefused);
+                    }
                 }
                 permit = slots.clone().acquire_owned(), if slot.is_none() => slot = permit.ok(),
                 next = batches.next(), if slot.is_some() => {

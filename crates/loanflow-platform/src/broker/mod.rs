@@ -100,6 +100,8 @@ pub enum BrokerError {
     ConnectionLost,
     #[error("the broker did not confirm within {0:?}")]
     ConfirmTimeout(Duration),
+    #[error("the broker refused or did not confirm a publish of this channel; starting over on a new connection")]
+    PublishesRefused,
 }
 
 /// A delivered message, as a handler sees it.

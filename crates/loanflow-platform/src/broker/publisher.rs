@@ -2,6 +2,8 @@
 //! a batch's publishes are all sent before any confirm is awaited.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -33,6 +35,8 @@ pub struct Publisher {
     /// Stamped on every message as `user_id`: the connection's own user, which the
     /// broker verifies, so consumers can tell who sent what.
     user_id: Option<String>,
+    /// Set once the broker has nacked a publish, or not confirmed one in time.
+    refused: Arc<AtomicBool>,
 }
 
 impl Publisher {
@@ -43,7 +47,16 @@ impl Publisher {
         let channel = conn.create_channel().await?;
         // Without confirms lapin answers `NotRequested`, which proves nothing.
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { channel, user_id })
+        Ok(Publisher { channel, user_id, refused: Arc::default() })
+    }
+
+    /// Whether the broker has nacked a publish of this channel, or left one unconfirmed
+    /// past [`CONFIRM_TIMEOUT`]. A channel that did may go on failing: on RabbitMQ 3.10 a
+    /// channel opened while a quorum queue was electing a new leader (a cluster node
+    /// lost) can keep nacking every publish to that queue. Its owner should start over
+    /// on a new connection, as the consumers do.
+    pub fn refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Closes the channel, waiting for the broker's answer. Errors are ignored: a
@@ -87,15 +100,20 @@ impl Publisher {
             .basic_publish(out.exchange.into(), out.routing_key.into(), options, out.payload, properties)
             .await?;
         let sent = std::time::Instant::now();
+        let refused = self.refused.clone();
         Ok(async move {
-            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-                .await
-                .map_err(|_| BrokerError::ConfirmTimeout(CONFIRM_TIMEOUT))??;
+            let Ok(confirmation) = tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await else {
+                refused.store(true, Ordering::Relaxed);
+                return Err(BrokerError::ConfirmTimeout(CONFIRM_TIMEOUT));
+            };
             metrics::histogram!(crate::metrics::CONFIRM_WAIT).record(sent.elapsed().as_secs_f64());
-            match confirmation {
+            match confirmation? {
                 Confirmation::Ack(None) => Ok(()),
                 Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable),
-                Confirmation::Nack(_) => Err(BrokerError::Nacked),
+                Confirmation::Nack(_) => {
+                    refused.store(true, Ordering::Relaxed);
+                    Err(BrokerError::Nacked)
+                }
                 Confirmation::NotRequested => Err(BrokerError::NotConfirmed),
             }
         })

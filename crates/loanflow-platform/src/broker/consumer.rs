@@ -254,12 +254,14 @@ impl Settler {
             queue = %self.queue,
             size = deliveries.len()
         );
+        let references: Vec<Option<String>> =
+            deliveries.iter().map(|d| header_string(&d.properties, REFERENCE_HEADER)).collect();
         let items: Vec<tracing::Span> = deliveries
             .iter()
-            .map(|d| {
+            .zip(&references)
+            .map(|(d, reference)| {
                 // A consumer span per delivery (OpenTelemetry's messaging conventions),
                 // continuing the trace its message carries.
-                let reference = header_string(&d.properties, REFERENCE_HEADER);
                 let item = crate::trace::message_span(
                     Messaging::Process,
                     &self.queue,
@@ -273,12 +275,12 @@ impl Settler {
         let incoming: Batch = deliveries
             .iter()
             .zip(&accepted)
-            .zip(&items)
+            .zip(items.iter().zip(references))
             .filter(|((_, accepted), _)| **accepted)
-            .map(|((d, _), item)| Incoming {
+            .map(|((d, _), (item, reference))| Incoming {
                 data: d.data.clone(),
                 sender: sender(d),
-                reference: header_string(&d.properties, REFERENCE_HEADER),
+                reference,
                 redelivered: d.redelivered,
                 attempts: attempts(d),
                 max_attempts,

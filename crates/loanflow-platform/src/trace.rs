@@ -48,13 +48,17 @@ pub fn extract(headers: Option<&FieldTable>) -> Context {
 /// `span`'s trace context as a `traceparent` value, for an item of a batch message or a
 /// row that a message will be sent from later (the outbox); `None` while tracing is off.
 pub fn traceparent(span: &Span) -> Option<String> {
+    fields(span).remove(TRACEPARENT)
+}
+
+/// `span`'s W3C trace context as header fields (none if it has no valid context).
+fn fields(span: &Span) -> HashMap<String, String> {
     let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
     let mut fields = HashMap::new();
-    propagator().inject_context(&cx, &mut fields);
-    fields.remove(TRACEPARENT)
+    if cx.span().span_context().is_valid() {
+        propagator().inject_context(&cx, &mut fields);
+    }
+    fields
 }
 
 /// The trace context a `traceparent` value names (empty if it names none).
@@ -122,23 +126,9 @@ pub fn rename(span: &Span, name: String) {
     }
 }
 
-/// The trace id of `span` as 32 hexadecimal digits, for logs and tests (`None` while
-/// tracing is off).
-pub fn trace_id(span: &Span) -> Option<String> {
-    let cx = span.context();
-    let span_context = cx.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
-}
-
 /// Puts `span`'s trace context into an HTTP request's headers.
 pub fn inject_http(span: &Span, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return request;
-    }
-    let mut fields = HashMap::new();
-    propagator().inject_context(&cx, &mut fields);
-    fields.into_iter().fold(request, |request, (name, value)| request.header(name, value))
+    fields(span).into_iter().fold(request, |request, (name, value)| request.header(name, value))
 }
 
 /// The trace context of an HTTP request's headers (a caller that traces).
@@ -189,6 +179,13 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
+
+    /// The trace id of `span` as 32 hexadecimal digits (`None` while tracing is off).
+    fn trace_id(span: &Span) -> Option<String> {
+        let cx = span.context();
+        let span_context = cx.span().span_context().clone();
+        span_context.is_valid().then(|| span_context.trace_id().to_string())
+    }
 
     /// Runs `f` under a subscriber whose spans OpenTelemetry sees (no exporter).
     fn traced<T>(f: impl FnOnce() -> T) -> T {

@@ -54,7 +54,7 @@ schema:
 
 ## cluster-test: the system against a three-node RabbitMQ cluster on this machine, one node lost and restarted
 cluster-test: prepare
-	$(CARGO) test --test cluster -- --ignored --nocapture
+	$(CARGO) test --test cluster -- --nocapture
 
 ## asyncapi: regenerate schema/asyncapi.json (the broker's channels and messages) from the code
 asyncapi:

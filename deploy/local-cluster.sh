@@ -9,6 +9,8 @@
 #   deploy/local-cluster.sh stop           # stops them (the data directories stay)
 #   deploy/local-cluster.sh stop-node 2    # stops one node, start-node 2 brings it back
 #   deploy/local-cluster.sh status
+#   deploy/local-cluster.sh queues VHOST   # each queue's own count (the management API's
+#                                          # figures lag, and stall after a node is lost)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # RabbitMQ's own scripts, not Debian's wrappers (which switch to the rabbitmq user and
@@ -29,6 +31,7 @@ CONF
   echo "[rabbitmq_management]." > "$base/enabled_plugins"
   RABBITMQ_NODENAME="$name@localhost" RABBITMQ_NODE_PORT=$((5681 + i)) RABBITMQ_DIST_PORT=$((25681 + i)) \
     RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" RABBITMQ_CONFIG_FILE="$dir/rabbitmq" \
+    RABBITMQ_ADVANCED_CONFIG_FILE="$PWD/deploy/rabbitmq/advanced.config" \
     RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins" RABBITMQ_PID_FILE="$dir/pid" "$@"
 }
 
@@ -77,5 +80,15 @@ case "${1:-}" in
   stop-node) ctl "$2" stop ;;
   start-node) start_node "$2" ;;
   status) ctl 1 cluster_status ;;
-  *) echo "usage: $0 start | stop | stop-node N | start-node N | status" >&2; exit 2 ;;
+  queues)
+    # Read from the replica on the first node that answers: messages ready, checked out
+    # to consumers, and held for dead-lettering, as the queue's state machine has them.
+    for i in 1 2 3; do
+      ctl "$i" eval "lists:map(fun(Q) -> {RaName, _} = amqqueue:get_pid(Q), {resource, _, queue, Name} = amqqueue:get_name(Q),
+        case ra:local_query({RaName, node()}, fun rabbit_fifo:overview/1) of
+          {ok, {_, O}, _} -> {Name, maps:with([num_ready_messages, num_checked_out, num_discarded, num_discard_checked_out, num_consumers], O)};
+          Other -> {Name, Other} end end, rabbit_amqqueue:list(<<\"$2\">>))." 2>/dev/null && break
+    done
+    ;;
+  *) echo "usage: $0 start | stop | stop-node N | start-node N | status | queues VHOST" >&2; exit 2 ;;
 esac

@@ -214,13 +214,6 @@ impl RetrySettings {
         let doublings = attempt.saturating_sub(1).min(32);
         self.initial_ms.max(1).saturating_mul(1u64 << doublings).min(self.max_ms.max(1))
     }
-
-    /// Every distinct wait: one delay queue each.
-    pub fn tiers(&self) -> Vec<u64> {
-        let mut tiers: Vec<u64> = (1..self.max_attempts.max(1)).map(|a| self.delay_after(a)).collect();
-        tiers.dedup();
-        tiers
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -537,9 +530,6 @@ mod tests {
         let retry = RetrySettings { max_attempts: 8, initial_ms: 1000, max_ms: 30000 };
         let delays: Vec<u64> = (1..8).map(|a| retry.delay_after(a)).collect();
         assert_eq!(delays, [1000, 2000, 4000, 8000, 16000, 30000, 30000]);
-        assert_eq!(retry.tiers(), [1000, 2000, 4000, 8000, 16000, 30000]);
-        let once = RetrySettings { max_attempts: 1, initial_ms: 1000, max_ms: 30000 };
-        assert!(once.tiers().is_empty(), "a single attempt never waits");
     }
 
     #[test]

@@ -85,7 +85,7 @@ async fn the_broker_definitions_import_into_a_scratch_vhost() {
     assert_eq!(retention["definition"]["message-ttl"], 1_209_600_000_u64, "dead letters kept 14 days");
     let dead_lettering = policy("loanflow-at-least-once-dead-lettering");
     assert_eq!(dead_lettering["definition"]["dead-letter-strategy"], "at-least-once");
-    // It applies to every queue that dead-letters: the retry tiers, the steps, the status queue.
+    // It applies to every queue that dead-letters: the steps and the status queue.
     for q in queues.as_array().unwrap() {
         let name = q["name"].as_str().unwrap();
         let expected = if name == "loanflow.dead-letters" {

@@ -84,18 +84,18 @@ pub fn grants() -> Vec<Grant> {
         // ledger (whose consumer accepts nothing else from the intake).
         grant(
             INTAKE,
-            r"^loanflow\.(work|dead|retry\..+)$",
+            r"^loanflow\.(work|dead)$",
             r"^loanflow\.intake\.status$".into(),
             &format!("^({levels}|{WITHDRAWAL_ROUTE})$"),
         ),
-        grant(LEDGER, r"^loanflow\.(status|dead|retry\..+)$", format!(r"^loanflow\.step\.{LEDGER_STEP}$"), "^$"),
+        grant(LEDGER, r"^loanflow\.(status|dead)$", format!(r"^loanflow\.step\.{LEDGER_STEP}$"), "^$"),
         // Replays go straight to their origin queue through the default exchange.
         grant(OPERATOR, r"^amq\.default$", r"^loanflow\.dead-letters$".into(), "^$"),
     ];
     for name in all_levels() {
         all.push(grant(
             &level(name),
-            r"^loanflow\.(work|status|dead|retry\..+)$",
+            r"^loanflow\.(work|status|dead)$",
             format!(r"^loanflow\.step\.{name}$"),
             &format!("^({levels}|{LEDGER_STEP})$"),
         ));
@@ -103,9 +103,8 @@ pub fn grants() -> Vec<Grant> {
     all
 }
 
-/// The identities whose messages a queue's consumer accepts, besides its own (a retry
-/// comes back from the consumer that scheduled it) and the operator's (a replayed dead
-/// letter). Anyone else's message is refused: dead-lettered with the reason, and logged
+/// The identities whose messages a queue's consumer accepts, besides its own and the
+/// operator's (a replayed dead letter). Anyone else's message is refused: dead-lettered with the reason, and logged
 /// as a security event.
 pub fn senders_for(step_or_status: Queue<'_>) -> Vec<String> {
     let levels = all_levels().into_iter().map(level);
@@ -328,17 +327,16 @@ fn retention_policy(settings: &Settings) -> serde_json::Value {
 
 const DEAD_LETTERING_POLICY: &str = "loanflow-at-least-once-dead-lettering";
 
-/// What a quorum queue dead-letters (a retry whose wait is over, back to its queue; a
-/// message past its delivery limit, to the dead-letter queue) it hands on at least
-/// once: it keeps the message until the target has confirmed it. RabbitMQ's default,
-/// at most once, drops it when the target cannot take it at that moment (its leader
-/// lost with a cluster node), losing an application that was waiting for a retry.
-/// At-least-once needs `reject-publish` overflow (no length limit is set, so nothing is
-/// ever rejected). The dead-letter queue keeps its own policy (its retention): it
+/// What a quorum queue dead-letters (a message past its delivery limit, to the
+/// dead-letter queue) it hands on at least once: it keeps the message until the
+/// target has confirmed it. RabbitMQ's default, at most once, drops it when the target
+/// cannot take it at that moment (its leader lost with a cluster node). At-least-once
+/// needs `reject-publish` overflow (no length limit is set, so nothing is ever
+/// rejected). The dead-letter queue keeps its own policy (its retention): it
 /// dead-letters nothing.
 fn dead_lettering_policy() -> serde_json::Value {
     json!({
-        "pattern": "^loanflow\\.(retry\\.|step\\.|intake\\.status$)",
+        "pattern": "^loanflow\\.(step\\.|intake\\.status$)",
         "apply-to": "queues",
         "priority": 1,
         "definition": {"dead-letter-strategy": "at-least-once", "overflow": "reject-publish"},

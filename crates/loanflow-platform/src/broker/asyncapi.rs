@@ -55,7 +55,7 @@ where
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
 
-/// The document for `settings` (its vhost, chain and retry tiers).
+/// The document for `settings` (its vhost and chain).
 pub fn document(settings: &Settings) -> Value {
     let vhost = vhost_of(&settings.broker.url);
     let spec = Topology::new(settings).spec();

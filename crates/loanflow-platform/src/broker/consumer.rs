@@ -5,11 +5,24 @@
 //! (`ready_chunks`): no timer, so a lone delivery at light load is handled at once, and
 //! batches grow by themselves as load rises (MassTransit's batch consumer without its
 //! time limit). The handler answers one [`Disposition`] per item, and each item is
-//! settled on its own: a retry goes to its delay tier, a poison message to the
+//! settled on its own: a retry waits for its moment, a poison message goes to the
 //! dead-letter queue, and neither takes its batch-mates with it. The hand-offs of a
 //! batch are published together and their confirms awaited once; then everything
 //! settled is acknowledged with a single `multiple = true` ack up to the
-//! [`Watermark`], the highest tag below which nothing is still in progress.
+//! [`Watermark`], the highest tag below which nothing is still in progress (and what is
+//! settled behind a delivery still waiting for its retry is acked on its own).
+//!
+//! A retry keeps its delivery: the consumer holds it unacknowledged through the backoff
+//! delay, then hands it to the handler again (MassTransit's message retry). No copy
+//! is published and the broker moves nothing, so a retry is exactly as safe as any
+//! delivery in progress: if the consumer or its broker node is lost meanwhile, the
+//! broker gives the message to the next consumer. (Delay queues that dead-letter back
+//! on expiry depend on the broker's dead-lettering, which, across the loss of a
+//! cluster node, can hold messages back for minutes or strand them: RabbitMQ's
+//! at-least-once dead-lettering worker is not always restarted with a queue's new
+//! leader.) While the retry budget lasts, a waiting delivery takes up a place in the
+//! prefetch window: a level whose dependency is down stops taking more work than it can
+//! hold, which is the back-pressure wanted.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +34,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Acker;
 use lapin::Connection;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{mpsc, Mutex, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
@@ -29,9 +42,9 @@ use uuid::Uuid;
 
 use super::access::Senders;
 use super::{
-    header_i64, header_string, header_u64, retry_exchange, start_republish, BrokerError, Disposition, Incoming,
-    Publisher, Supervisor, ABANDON_AFTER, ATTEMPTS_HEADER, CONNECTION_CHECK, DEAD_AT_HEADER, DEAD_LETTER_EXCHANGE,
-    ORIGIN_HEADER, REASON_HEADER, REFERENCE_HEADER, SENT_AT_HEADER,
+    header_i64, header_string, header_u64, start_republish, BrokerError, Disposition, Incoming, Publisher, Supervisor,
+    ABANDON_AFTER, ATTEMPTS_HEADER, CONNECTION_CHECK, DEAD_AT_HEADER, DEAD_LETTER_EXCHANGE, ORIGIN_HEADER,
+    REASON_HEADER, REFERENCE_HEADER, SENT_AT_HEADER,
 };
 use crate::health::Flag;
 use crate::metrics as names;
@@ -121,6 +134,21 @@ struct Settler {
     /// Held while advancing and sending the ack, so that multiple-acks leave in tag
     /// order (an ack for a tag a later ack already covered would close the channel).
     watermark: Mutex<Watermark>,
+    /// Signalled once the broker has refused one of this channel's publishes: the
+    /// session ends at once rather than at its next connection check.
+    refusal: Notify,
+    /// Where a delivery goes back once its retry's delay is over: to the session, which
+    /// hands it to the handler again.
+    due: mpsc::UnboundedSender<Held>,
+    /// Cancelled when the session ends: the retries still waiting give up their
+    /// deliveries, which the channel's close returns to the queue.
+    over: CancellationToken,
+}
+
+/// A delivery, with the attempts already made at its message.
+struct Held {
+    delivery: Delivery,
+    attempts: u32,
 }
 
 type Watermark = super::Watermark<Acker>;
@@ -145,6 +173,7 @@ impl Session<'_> {
         tracing::info!(%queue, "consuming");
         self.health.set(true);
         // A new channel numbers its deliveries from 1 again: a new watermark.
+        let (due, mut retries) = mpsc::unbounded_channel();
         let settler = Arc::new(Settler {
             queue: queue.to_owned(),
             retry: self.settings.retry.clone(),
@@ -153,6 +182,9 @@ impl Session<'_> {
             vhost: super::access::vhost_of(&broker.url),
             channel: Uuid::new_v4(),
             watermark: Mutex::new(Watermark::default()),
+            refusal: Notify::new(),
+            due,
+            over: CancellationToken::new(),
         });
         let slots = Arc::new(Semaphore::new(usize::from(broker.batch_concurrency.max(1))));
         let tracker = TaskTracker::new();
@@ -171,11 +203,14 @@ impl Session<'_> {
                     if !self.conn.status().connected() {
                         break Err(BrokerError::ConnectionLost);
                     }
-                    // Its deliveries would come back, be handled again and be refused
-                    // again until their delivery limit dead-lettered them: start over.
-                    if publisher.refused() {
-                        break Err(BrokerError::PublishesRefused);
-                    }
+                }
+                // A channel that was refused once may go on being refused: start over.
+                () = settler.refusal.notified() => break Err(BrokerError::PublishesRefused),
+                // A retry whose delay is over: a batch of its own, outside the slots
+                // (it was counted in one already, and waiting took none).
+                Some(held) = retries.recv() => {
+                    let (handler, settler) = (handler.clone(), settler.clone());
+                    tracker.spawn(async move { settler.settle(vec![held], handler).await });
                 }
                 permit = slots.clone().acquire_owned(), if slot.is_none() => slot = permit.ok(),
                 next = batches.next(), if slot.is_some() => {
@@ -193,6 +228,8 @@ impl Session<'_> {
                         for delivery in &deliveries {
                             watermark.delivered(delivery.delivery_tag);
                         }
+                        let deliveries: Vec<Held> =
+                            deliveries.into_iter().map(|delivery| Held { attempts: attempts(&delivery), delivery }).collect();
                         record_holding(&settler.vhost, settler.channel, Some(watermark.outstanding()));
                         drop(watermark);
                         let (handler, settler, slot) = (handler.clone(), settler.clone(), slot.take());
@@ -208,6 +245,7 @@ impl Session<'_> {
             }
         };
         tracker.close();
+        settler.over.cancel();
         if outcome.is_err() {
             // Not ready from this moment, not only once the batches in progress give up.
             self.health.set(false);
@@ -231,19 +269,23 @@ impl Session<'_> {
 
 /// What became of one item once its hand-off (if any) was confirmed.
 enum Settled {
-    /// Handled, or safely handed on (a delay tier, the dead-letter queue).
+    /// Handled, or safely handed on (to the dead-letter queue).
     Done,
     /// Back to its queue.
     Returned,
+    /// Held for another attempt after this many milliseconds.
+    Later(u64),
 }
 
 impl Settler {
-    async fn settle<F, Fut>(&self, deliveries: Vec<Delivery>, handler: F)
+    async fn settle<F, Fut>(&self, held: Vec<Held>, handler: F)
     where
         F: Fn(Batch, Publisher) -> Fut,
         Fut: Future<Output = Vec<Disposition>>,
     {
         let max_attempts = self.retry.max_attempts;
+        let tries: Vec<u32> = held.iter().map(|h| h.attempts).collect();
+        let deliveries: Vec<Delivery> = held.into_iter().map(|h| h.delivery).collect();
         let sender = |d: &Delivery| d.properties.user_id().as_ref().map(|u| u.to_string());
         let accepted: Vec<bool> = deliveries.iter().map(|d| self.senders.allows(sender(d).as_deref())).collect();
         // The batch's span begins no trace of an application: it links to each of theirs.
@@ -274,15 +316,16 @@ impl Settler {
             .collect();
         let incoming: Batch = deliveries
             .iter()
+            .zip(&tries)
             .zip(&accepted)
             .zip(items.iter().zip(references))
             .filter(|((_, accepted), _)| **accepted)
-            .map(|((d, _), (item, reference))| Incoming {
+            .map(|(((d, tries), _), (item, reference))| Incoming {
                 data: d.data.clone(),
                 sender: sender(d),
                 reference,
                 redelivered: d.redelivered,
-                attempts: attempts(d),
+                attempts: *tries,
                 max_attempts,
                 span: item.clone(),
             })
@@ -306,7 +349,7 @@ impl Settler {
 
         // Hand-offs first, all of them, then one wait for their confirms.
         let mut handoffs = Vec::new();
-        for ((delivery, accepted), item) in deliveries.iter().zip(accepted).zip(items) {
+        for (((delivery, tries), accepted), item) in deliveries.iter().zip(&tries).zip(accepted).zip(items) {
             let disposition = if accepted {
                 dispositions.next().unwrap_or(Disposition::Requeue)
             } else {
@@ -316,19 +359,32 @@ impl Settler {
                 });
                 Disposition::DeadLetter(format!("refused: {sender} may not send to {}", self.queue))
             };
-            handoffs.push(self.hand_off(delivery, disposition, item.clone()).instrument(item));
+            handoffs.push(self.hand_off(delivery, *tries, disposition, item.clone()).instrument(item));
         }
         let settled = join_all(handoffs).await;
+        // Refused by the broker (a nack, or no confirm in time), this channel may go on
+        // being refused: what it could not move would come back at once, be handled
+        // again and be refused again, each time counting towards its delivery limit,
+        // until the broker dead-lettered it. So it is not returned here: it stays
+        // unsettled (no multiple-ack passes it) and goes back to its queue once, when the
+        // session that this wakes closes the channel.
+        let refused = self.publisher.refused();
+        if refused {
+            self.refusal.notify_one();
+        }
 
         let mut watermark = self.watermark.lock().await;
-        for (delivery, settled) in deliveries.iter().zip(settled) {
+        for ((delivery, tries), settled) in deliveries.into_iter().zip(tries).zip(settled) {
             match settled {
                 Settled::Done => watermark.ready(delivery.delivery_tag, delivery.acker.clone()),
+                Settled::Returned if refused => {}
                 Settled::Returned => {
                     let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
                     log_unsettled(delivery.nack(requeue).await);
                     watermark.nacked(delivery.delivery_tag);
                 }
+                // Still pending in the watermark: no multiple-ack passes it meanwhile.
+                Settled::Later(delay) => self.wait(Held { delivery, attempts: tries + 1 }, delay),
             }
         }
         if let Some((_, acker)) = watermark.advance() {
@@ -336,11 +392,36 @@ impl Settler {
             // from batches before it that finished out of order.
             log_unsettled(acker.ack(BasicAckOptions { multiple: true }).await);
         }
+        for (_, acker) in watermark.stranded() {
+            log_unsettled(acker.ack(BasicAckOptions { multiple: false }).await);
+        }
         record_holding(&self.vhost, self.channel, Some(watermark.outstanding()));
     }
 
+    /// Hands `held` back to the session once `delay_ms` is over, unless the session
+    /// ends first (its channel's close then returns the delivery to the queue).
+    fn wait(&self, held: Held, delay_ms: u64) {
+        let (due, over) = (self.due.clone(), self.over.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = over.cancelled() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(delay_ms)) => {
+                    // A session that has ended no longer receives: the same as above.
+                    let _ = due.send(held);
+                }
+            }
+        });
+    }
+
     /// Carries out one item's disposition, up to the broker's confirm of any hand-off.
-    async fn hand_off(&self, delivery: &Delivery, disposition: Disposition, item: tracing::Span) -> Settled {
+    /// `attempts` were made at its message before this one.
+    async fn hand_off(
+        &self,
+        delivery: &Delivery,
+        attempts: u32,
+        disposition: Disposition,
+        item: tracing::Span,
+    ) -> Settled {
         let outcome = match &disposition {
             Disposition::Ack => "ack",
             Disposition::Requeue => "requeue",
@@ -348,7 +429,6 @@ impl Settler {
             Disposition::Retry(_) => "retry",
         };
         ::metrics::counter!(names::DELIVERIES, "queue" => self.queue.clone(), "outcome" => outcome).increment(1);
-        let attempts = attempts(delivery);
         let last_attempt = attempts + 1 >= self.retry.max_attempts;
         let moved = match &disposition {
             Disposition::Ack => return Settled::Done,
@@ -361,9 +441,7 @@ impl Settler {
             Disposition::Retry(reason) => {
                 let delay = self.retry.delay_after(attempts + 1);
                 tracing::info!(%reason, retry_in_ms = delay, "will retry");
-                let mut headers = FieldTable::default();
-                headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempts + 1));
-                self.republish(delivery, &retry_exchange(delay), &self.queue, headers, &item).await
+                return Settled::Later(delay);
             }
         };
         match moved {

@@ -8,12 +8,9 @@
 //! consumer cannot process goes, with the reason in its headers, to `loanflow.dead`
 //! and its queue `loanflow.dead-letters`.
 //!
-//! A transient failure is retried through the broker, not by sleeping in a handler:
-//! the message is published to a delay tier (`loanflow.retry.<n>ms`, a fanout exchange
-//! and a queue whose messages expire after that many milliseconds) with the failed
-//! queue's name as routing key. On expiry the broker dead-letters it to the default
-//! exchange, which routes by that key: the message returns to exactly the queue that
-//! failed it (for the status queue, not to every subscriber of the fanout).
+//! A transient failure is retried by the consumer, which holds the delivery through the
+//! backoff delay and then hands it to its handler again (see [`consumer`]): the broker
+//! moves nothing, so a retry is as safe as any delivery in progress.
 //!
 //! The topology is declared once, by the setup step (`loanflow migrate`, as the one user
 //! with configure rights); services only publish and consume (see [`access`]). A
@@ -59,13 +56,6 @@ pub const ATTEMPTS_HEADER: &str = "x-loanflow-attempts";
 pub const SENT_AT_HEADER: &str = "x-loanflow-sent-at-us";
 /// When a message was dead-lettered, in Unix seconds.
 pub const DEAD_AT_HEADER: &str = "x-loanflow-dead-at";
-
-pub fn retry_exchange(delay_ms: u64) -> String {
-    // `ms`: the tiers of before, classic queues named `loanflow.retry.<n>`, stay idle in
-    // a vhost that had them (their messages still expire back to their queues), since
-    // a queue cannot be redeclared as another type.
-    format!("loanflow.retry.{delay_ms}ms")
-}
 
 /// How often a consumer checks that its connection is still up. lapin does not
 /// always end a consumer's stream when the socket dies (a half-closed socket is

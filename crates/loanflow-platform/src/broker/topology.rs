@@ -1,4 +1,4 @@
-//! The topology: exchanges, step queues, delay tiers, the status queue and the
+//! The topology: exchanges, step queues, the status queue and the
 //! dead-letter queue (see the module above for the routes). Described once, as data
 //! ([`Topology::spec`]), which the setup step declares over AMQP and which
 //! `loanflow broker-definitions` writes as RabbitMQ definitions for a deployment that
@@ -10,8 +10,7 @@ use lapin::{Channel, ExchangeKind};
 use serde_json::{json, Value};
 
 use super::{
-    retry_exchange, step_queue, BrokerError, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, STATUS_EXCHANGE, STATUS_QUEUE,
-    WORK_EXCHANGE,
+    step_queue, BrokerError, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, STATUS_EXCHANGE, STATUS_QUEUE, WORK_EXCHANGE,
 };
 use crate::settings::{QueueType, Settings};
 
@@ -21,7 +20,6 @@ pub struct Topology {
     steps: Vec<String>,
     queue_type: QueueType,
     delivery_limit: u32,
-    retry_tiers: Vec<u64>,
 }
 
 /// A queue argument's value, with the AMQP type it has always been declared with (a
@@ -67,12 +65,7 @@ impl Topology {
     pub fn new(settings: &Settings) -> Topology {
         let mut steps = settings.chain.names();
         steps.push(loanflow_domain::messages::LEDGER_STEP.to_owned());
-        Topology {
-            steps,
-            queue_type: settings.broker.queue_type,
-            delivery_limit: settings.broker.delivery_limit,
-            retry_tiers: settings.retry.tiers(),
-        }
+        Topology { steps, queue_type: settings.broker.queue_type, delivery_limit: settings.broker.delivery_limit }
     }
 
     fn queue_arguments(&self, dead_letter: bool) -> Vec<(&'static str, Arg)> {
@@ -98,7 +91,7 @@ impl Topology {
         };
         // Topic, not direct, although bindings are exact step names: RabbitMQ applies
         // topic permissions (who may route work where) to topic exchanges only.
-        let mut exchanges = vec![
+        let exchanges = vec![
             exchange(WORK_EXCHANGE, "topic"),
             exchange(STATUS_EXCHANGE, "fanout"),
             exchange(DEAD_LETTER_EXCHANGE, "fanout"),
@@ -113,25 +106,6 @@ impl Topology {
                 // The applicant's withdrawals, which the ledger alone can settle.
                 bindings.push(bind(&queue, WORK_EXCHANGE, loanflow_domain::messages::WITHDRAWAL_ROUTE));
             }
-        }
-        for delay in &self.retry_tiers {
-            // A waiting room: a message TTL, then dead-lettering back. Of the queue type of
-            // the others (quorum by default, with message TTL since RabbitMQ 3.10), so that
-            // a retry waiting on a cluster survives the loss of a node, and the tier can be
-            // declared again while one is down (a classic queue whose node is down cannot).
-            // "" is the default exchange: it routes the expired message by its routing
-            // key, the name of the queue it came from.
-            let name = retry_exchange(*delay);
-            exchanges.push(exchange(&name, "fanout"));
-            let ttl = i64::try_from(*delay).unwrap_or(i64::MAX);
-            let mut arguments = Vec::new();
-            if self.queue_type == QueueType::Quorum {
-                arguments.push(("x-queue-type", Arg::Text("quorum".into())));
-            }
-            arguments.push(("x-message-ttl", Arg::Millis(ttl)));
-            arguments.push(("x-dead-letter-exchange", Arg::Text(String::new())));
-            queues.push(QueueSpec { name: name.clone(), arguments });
-            bindings.push(bind(&name, &name, ""));
         }
         queues.push(QueueSpec { name: STATUS_QUEUE.into(), arguments: self.queue_arguments(true) });
         bindings.push(bind(STATUS_QUEUE, STATUS_EXCHANGE, ""));

@@ -7,6 +7,10 @@
 //! being handled. This type tracks that, and nothing else: no I/O, so it can be tested
 //! exhaustively.
 //!
+//! A delivery can stay pending for long (one waiting for its retry, say): what is
+//! settled behind it is acked on its own ([`Watermark::stranded`]), so that the channel's
+//! prefetch window is not filled by deliveries that are done.
+//!
 //! Delivery tags are per channel: a new channel starts a new watermark.
 
 use std::collections::BTreeMap;
@@ -17,8 +21,9 @@ enum Slot<A> {
     Pending,
     /// Settled: waits for an ack (`A` is what acks it, such as lapin's `Acker`).
     Ready(A),
-    /// Settled by a nack of its own (returned to its queue): never to be acked.
-    Nacked,
+    /// Settled on its own (nacked back to its queue, or acked singly): never to be
+    /// covered by a multiple-ack's tag again.
+    Alone,
 }
 
 /// Outstanding deliveries of one channel, by tag.
@@ -48,7 +53,7 @@ impl<A> Watermark<A> {
     /// The delivery was nacked on its own; a later multiple-ack must not be sent for it.
     pub fn nacked(&mut self, tag: u64) {
         if let Some(slot) = self.slots.get_mut(&tag) {
-            *slot = Slot::Nacked;
+            *slot = Slot::Alone;
         }
     }
 
@@ -66,6 +71,22 @@ impl<A> Watermark<A> {
             }
         }
         ack
+    }
+
+    /// What is settled but cannot be multiple-acked, because an earlier delivery is
+    /// still pending: each is to be acked on its own (`multiple = false`) and is
+    /// forgotten by the next [`Watermark::advance`] that reaches it. Call after
+    /// `advance`.
+    pub fn stranded(&mut self) -> Vec<(u64, A)> {
+        let mut alone = Vec::new();
+        for (tag, slot) in &mut self.slots {
+            if matches!(slot, Slot::Ready(_)) {
+                if let Slot::Ready(acker) = std::mem::replace(slot, Slot::Alone) {
+                    alone.push((*tag, acker));
+                }
+            }
+        }
+        alone
     }
 
     /// Deliveries not yet acked or nacked.
@@ -99,15 +120,36 @@ mod tests {
         assert_eq!(w.outstanding(), 0);
     }
 
+    #[test]
+    fn what_is_settled_behind_a_pending_delivery_is_acked_on_its_own() {
+        let mut w = Watermark::default();
+        for tag in 1..=4 {
+            w.delivered(tag);
+        }
+        // 1 waits for its retry; 2 and 4 are done, 3 is still being handled.
+        w.ready(2, ());
+        w.ready(4, ());
+        assert_eq!(w.advance(), None);
+        assert_eq!(w.stranded(), vec![(2, ()), (4, ())], "each acked alone");
+        assert_eq!(w.stranded(), vec![], "and only once");
+        w.ready(3, ());
+        assert_eq!(w.advance(), None, "1 still waits");
+        w.ready(1, ());
+        assert_eq!(w.advance(), Some((3, ())), "never a multiple-ack at a tag acked alone");
+        assert_eq!(w.outstanding(), 0);
+    }
+
     proptest! {
         /// Whatever order items settle in, and however they settle, no tag is ever
-        /// covered by a multiple-ack before it is settled, a nacked tag is never the one
-        /// acked, acks only move forward, and every ready tag is eventually acked.
+        /// covered by a multiple-ack before it is settled, a tag nacked or acked alone
+        /// is never a multiple-ack's tag, acks only move forward, and every ready tag is
+        /// acked exactly once, alone or covered by a multiple-ack.
         #[test]
-        fn no_tag_is_acked_before_it_is_settled_and_every_ready_tag_is_acked(
+        fn no_tag_is_acked_before_it_is_settled_and_every_ready_tag_is_acked_once(
             order in (1usize..80).prop_flat_map(|n| Just((1..=n as u64).collect::<Vec<_>>()).prop_shuffle()),
             nacks in proptest::collection::vec(any::<bool>(), 80),
             advance_every in 1usize..5,
+            singles in any::<bool>(),
         ) {
             let n = order.len() as u64;
             let mut w = Watermark::default();
@@ -116,25 +158,34 @@ mod tests {
             }
             let nacked = |tag: u64| nacks[(tag - 1) as usize % nacks.len()];
             let mut settled = BTreeSet::new();
+            let mut alone = BTreeSet::new();
             let mut acked_up_to = 0;
+            let mut advance = |w: &mut Watermark<u64>, settled: &BTreeSet<u64>, alone: &mut BTreeSet<u64>| {
+                if let Some((up_to, acker)) = w.advance() {
+                    prop_assert_eq!(up_to, acker);
+                    prop_assert!(up_to > acked_up_to, "acks move forward");
+                    prop_assert!(!nacked(up_to) && !alone.contains(&up_to), "a multiple-ack's tag was not settled alone");
+                    prop_assert!((1..=up_to).all(|t| settled.contains(&t)), "nothing unsettled is covered");
+                    acked_up_to = up_to;
+                }
+                if singles {
+                    for (tag, acker) in w.stranded() {
+                        prop_assert_eq!(tag, acker);
+                        prop_assert!(tag > acked_up_to, "not covered by a multiple-ack already");
+                        prop_assert!(alone.insert(tag), "acked alone once");
+                    }
+                }
+                Ok(())
+            };
             for (i, tag) in order.iter().copied().enumerate() {
                 if nacked(tag) { w.nacked(tag) } else { w.ready(tag, tag) }
                 settled.insert(tag);
                 if i % advance_every == 0 {
-                    if let Some((up_to, acker)) = w.advance() {
-                        prop_assert_eq!(up_to, acker);
-                        prop_assert!(up_to > acked_up_to, "acks move forward");
-                        prop_assert!(!nacked(up_to), "a nacked tag is never acked");
-                        prop_assert!((1..=up_to).all(|t| settled.contains(&t)), "nothing unsettled is covered");
-                        acked_up_to = up_to;
-                    }
+                    advance(&mut w, &settled, &mut alone)?;
                 }
             }
-            if let Some((up_to, _)) = w.advance() {
-                prop_assert!(up_to > acked_up_to);
-                acked_up_to = up_to;
-            }
-            let last_ready = (1..=n).rev().find(|t| !nacked(*t)).unwrap_or(0);
+            advance(&mut w, &settled, &mut alone)?;
+            let last_ready = (1..=n).rev().find(|t| !nacked(*t) && !alone.contains(t)).unwrap_or(0);
             prop_assert_eq!(acked_up_to, last_ready, "every ready tag ends up acked");
             prop_assert_eq!(w.outstanding(), 0);
         }

@@ -284,10 +284,18 @@ impl TestSystem {
     /// Starts an instance of a level whose broker connection goes through a proxy
     /// the test can cut.
     pub async fn start_level_behind_proxy(&mut self, name: &str) -> ProxiedLevel {
-        let proxy = FaultProxy::start(amqp_addr().expect("broker address")).await;
+        let (proxy, url) = self.broker_proxy().await;
         let mut settings = self.settings.clone();
-        settings.broker.url = proxied_amqp_url(&self.settings.broker.url, proxy.addr());
+        settings.broker.url = url;
         self.start_level_with(settings, name, proxy).await
+    }
+
+    /// A proxy to the broker that the test can cut, and this test's broker URL through
+    /// it (for a client the test starts itself).
+    pub async fn broker_proxy(&self) -> (FaultProxy, String) {
+        let proxy = FaultProxy::start(amqp_addr().expect("broker address")).await;
+        let url = proxied_amqp_url(&self.settings.broker.url, proxy.addr());
+        (proxy, url)
     }
 
     /// Starts an instance of a level given two broker addresses (as if of two cluster

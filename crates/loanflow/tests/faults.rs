@@ -463,3 +463,92 @@ async fn the_intake_is_not_ready_while_its_database_is_unreachable() {
     system.wait_for_status(&reference, "approved", SETTLE_WITHIN).await;
     system.shutdown().await;
 }
+
+/// A delivery waiting for its retry holds its own place and nothing more: the consumer
+/// settles what arrives after it meanwhile (acked on its own: with a prefetch window of
+/// four, a multiple-ack that had to wait for the retry would stop the line until the
+/// retry budget ran out), and a connection lost during the wait gives the delivery
+/// back to the broker, which redelivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_waiting_for_its_retry_holds_up_nothing_and_survives_its_connection() {
+    use loanflow_platform::broker::{self, access, Disposition};
+    use std::sync::{Arc, Mutex};
+    const ATTEMPTS: u32 = 30;
+    let mut system = TestSystem::start_with(Options { levels: false, ..Default::default() }).await;
+    system.expect_dead_letters();
+    let (proxy, url) = system.broker_proxy().await;
+    let mut settings = system.settings.clone();
+    settings.broker = settings.broker.acting_as(&access::level("kyc"));
+    settings.broker.url = url;
+    settings.broker.prefetch = 4;
+    // A 6 s budget: 29 waits of 200 ms.
+    settings.retry = RetrySettings { max_attempts: ATTEMPTS, initial_ms: 200, max_ms: 200 };
+    let senders = access::Senders::of(&settings.broker, access::Queue::Level("kyc"));
+    let consuming = loanflow_platform::health::Health::default();
+    let health = consuming.part("broker");
+    // Every delivery the handler saw: its body, the attempts made before, redelivered.
+    let seen: Arc<Mutex<Vec<(String, u32, bool)>>> = Arc::default();
+    let log = seen.clone();
+    let stop = loanflow_platform::CancellationToken::new();
+    let consumer =
+        tokio::spawn(broker::consume(settings, step_queue("kyc"), senders, health, stop.clone(), move |batch, _| {
+            let log = log.clone();
+            async move {
+                let mut log = log.lock().unwrap();
+                batch
+                    .iter()
+                    .map(|item| {
+                        let body = String::from_utf8_lossy(&item.data).into_owned();
+                        let slow = body == "slow";
+                        log.push((body, item.attempts, item.redelivered));
+                        if slow {
+                            Disposition::Retry("not yet".into())
+                        } else {
+                            Disposition::Ack
+                        }
+                    })
+                    .collect()
+            }
+        }));
+    let count = |pred: &dyn Fn(&(String, u32, bool)) -> bool| seen.lock().unwrap().iter().filter(|e| pred(e)).count();
+    let slow_attempts =
+        || seen.lock().unwrap().iter().filter(|(body, ..)| body == "slow").map(|(_, n, _)| *n).max().unwrap_or(0);
+    let props = || BasicProperties::default().with_delivery_mode(2);
+    let queue = step_queue("kyc");
+    system.inject_as("intake", &queue, b"slow", props()).await.unwrap();
+    for i in 0..20 {
+        system.inject_as("intake", &queue, format!("fast {i}").as_bytes(), props()).await.unwrap();
+    }
+    let all_fast =
+        wait_until(Duration::from_secs(30), || async { count(&|(b, ..)| b.starts_with("fast")) == 20 }).await;
+    assert!(all_fast, "every other delivery was handled, each once");
+    let waited = slow_attempts();
+    assert!(waited < ATTEMPTS - 1, "while the slow one was still retrying ({waited} attempts so far)");
+
+    // The connection goes while it waits: the broker takes the delivery back and, once
+    // the consumer is back, delivers it again (its count starts over: it is a new
+    // delivery), until the budget is spent and it is dead-lettered.
+    // Every other delivery's ack has left (the consumer holds the slow one alone).
+    let settled = wait_until(Duration::from_secs(10), || async { broker::unacknowledged(&system.vhost) == 1 }).await;
+    assert!(settled, "only the waiting delivery is held");
+    proxy.cut();
+    let lost = wait_until(Duration::from_secs(10), || async { !consuming.is_ready() }).await;
+    assert!(lost, "the consumer noticed its connection was gone");
+    proxy.restore();
+    let again =
+        wait_until(Duration::from_secs(30), || async { count(&|(b, n, r)| b == "slow" && *n == 0 && *r) >= 1 }).await;
+    assert!(again, "the waiting delivery came back after the connection was lost");
+    let dead = wait_until(Duration::from_secs(30), || async {
+        loanflow_platform::dlq::list(&system.settings).await.unwrap().len() == 1
+    })
+    .await;
+    assert!(dead, "the slow one is dead-lettered once its budget is spent");
+    let letter = loanflow_platform::dlq::list(&system.settings).await.unwrap().remove(0);
+    assert_eq!(letter.attempts, u64::from(ATTEMPTS));
+    assert!(letter.reason.contains("not yet"), "{}", letter.reason);
+    assert_eq!(count(&|(b, ..)| b.starts_with("fast")), 20, "nothing else was handled twice");
+    assert_eq!(system.queue_depth(&queue).await, 0);
+    stop.cancel();
+    consumer.await.unwrap();
+    system.shutdown().await;
+}

@@ -91,7 +91,7 @@ impl<A> Watermark<A> {
 
     /// Deliveries not yet acked or nacked.
     pub fn outstanding(&self) -> usize {
-        self.slots.len()
+        self.slots.values().filter(|slot| !matches!(slot, Slot::Alone)).count()
     }
 }
 
@@ -132,6 +132,7 @@ mod tests {
         assert_eq!(w.advance(), None);
         assert_eq!(w.stranded(), vec![(2, ()), (4, ())], "each acked alone");
         assert_eq!(w.stranded(), vec![], "and only once");
+        assert_eq!(w.outstanding(), 2, "1 and 3");
         w.ready(3, ());
         assert_eq!(w.advance(), None, "1 still waits");
         w.ready(1, ());

@@ -208,7 +208,8 @@ async fn census(system: &TestSystem, api: &str, log: &Path) {
         Err(e) => println!("dead letters not listed: {e}"),
     }
     // What the nodes said about this test's vhost (dead-lettering, leader elections).
-    let cluster_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/cluster");
+    let cluster_dir = std::env::var_os("LOANFLOW_CLUSTER_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/cluster"), std::path::PathBuf::from);
     for node in ["lf1", "lf2", "lf3"] {
         let text = std::fs::read_to_string(cluster_dir.join(node).join("log").join(format!("{node}@localhost.log")))
             .unwrap_or_default();

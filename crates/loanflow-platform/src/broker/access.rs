@@ -104,8 +104,8 @@ pub fn grants() -> Vec<Grant> {
 }
 
 /// The identities whose messages a queue's consumer accepts, besides its own and the
-/// operator's (a replayed dead letter). Anyone else's message is refused: dead-lettered with the reason, and logged
-/// as a security event.
+/// operator's (a replayed dead letter). Anyone else's message is refused: dead-lettered
+/// with the reason, and logged as a security event.
 pub fn senders_for(step_or_status: Queue<'_>) -> Vec<String> {
     let levels = all_levels().into_iter().map(level);
     match step_or_status {

@@ -29,8 +29,6 @@ pub enum Arg {
     Text(String),
     /// A count, declared as an unsigned 32-bit integer.
     Count(u32),
-    /// Milliseconds, declared as a signed 64-bit integer.
-    Millis(i64),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,7 +126,6 @@ impl Topology {
                 let value = match value {
                     Arg::Text(text) => AMQPValue::LongString(text.as_str().into()),
                     Arg::Count(n) => AMQPValue::LongUInt(*n),
-                    Arg::Millis(n) => AMQPValue::LongLongInt(*n),
                 };
                 args.insert((*key).into(), value);
             }
@@ -164,7 +161,6 @@ impl Topology {
                     let v = match v {
                         Arg::Text(text) => json!(text),
                         Arg::Count(n) => json!(n),
-                        Arg::Millis(n) => json!(n),
                     };
                     ((*k).to_owned(), v)
                 })

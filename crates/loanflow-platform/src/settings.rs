@@ -214,6 +214,12 @@ impl RetrySettings {
         let doublings = attempt.saturating_sub(1).min(32);
         self.initial_ms.max(1).saturating_mul(1u64 << doublings).min(self.max_ms.max(1))
     }
+
+    /// How long a message may wait in all, through every retry of its budget: what its
+    /// consumer holds it for at most.
+    pub fn budget_ms(&self) -> u64 {
+        (1..self.max_attempts.max(1)).map(|a| self.delay_after(a)).fold(0, u64::saturating_add)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -470,6 +476,16 @@ impl Settings {
 
     fn checked(settings: Settings) -> Result<Settings, SettingsError> {
         let invalid = |why: String| Err(SettingsError::Invalid(why));
+        // A retrying delivery is held by its consumer, unacknowledged; the broker takes
+        // one held past its consumer timeout (30 min by default) back from its channel.
+        if settings.retry.budget_ms() > MAX_RETRY_BUDGET_MS {
+            return invalid(format!(
+                "retry: max_attempts, initial_ms and max_ms add up to {} s of waiting; keep it under {} s \
+                 (a consumer holds a retrying delivery, and the broker takes back one held too long)",
+                settings.retry.budget_ms() / 1000,
+                MAX_RETRY_BUDGET_MS / 1000
+            ));
+        }
         if settings.chain.levels.is_empty() {
             return invalid("chain.levels must name at least one level".into());
         }
@@ -507,6 +523,9 @@ impl Settings {
     }
 }
 
+/// The longest retry budget allowed: half the broker's default consumer timeout.
+const MAX_RETRY_BUDGET_MS: u64 = 15 * 60 * 1000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,6 +549,7 @@ mod tests {
         let retry = RetrySettings { max_attempts: 8, initial_ms: 1000, max_ms: 30000 };
         let delays: Vec<u64> = (1..8).map(|a| retry.delay_after(a)).collect();
         assert_eq!(delays, [1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        assert_eq!(retry.budget_ms(), 91_000);
     }
 
     #[test]
@@ -609,5 +629,13 @@ mod tests {
         assert_eq!(ops.name, "ops");
         assert!(operator_for(&dev.operators, "sandbox-manager-token").is_none(), "an approver is no operator");
         assert_eq!(dev.operators.len(), 1);
+    }
+
+    #[test]
+    fn a_retry_budget_longer_than_a_delivery_may_be_held_is_refused() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.retry = RetrySettings { max_attempts: 40, initial_ms: 1000, max_ms: 30000 };
+        let why = Settings::checked(settings).unwrap_err().to_string();
+        assert!(why.contains("retry") && why.contains("1051 s"), "{why}");
     }
 }

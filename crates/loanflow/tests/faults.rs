@@ -546,7 +546,11 @@ async fn a_delivery_waiting_for_its_retry_holds_up_nothing_and_survives_its_conn
     let letter = loanflow_platform::dlq::list(&system.settings).await.unwrap().remove(0);
     assert_eq!(letter.attempts, u64::from(ATTEMPTS));
     assert!(letter.reason.contains("not yet"), "{}", letter.reason);
-    assert_eq!(count(&|(b, ..)| b.starts_with("fast")), 20, "nothing else was handled twice");
+    // (One of the others may have been handled again: an ack still on its way when the
+    // connection was cut is lost with it, and the broker redelivers. At-least-once.)
+    let fast: std::collections::BTreeSet<String> =
+        seen.lock().unwrap().iter().filter(|(b, ..)| b.starts_with("fast")).map(|(b, ..)| b.clone()).collect();
+    assert_eq!(fast.len(), 20);
     assert_eq!(system.queue_depth(&queue).await, 0);
     stop.cancel();
     consumer.await.unwrap();

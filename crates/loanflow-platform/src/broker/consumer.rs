@@ -383,8 +383,12 @@ impl Settler {
                     log_unsettled(delivery.nack(requeue).await);
                     watermark.nacked(delivery.delivery_tag);
                 }
-                // Still pending in the watermark: no multiple-ack passes it meanwhile.
-                Settled::Later(delay) => self.wait(Held { delivery, attempts: tries + 1 }, delay),
+                // Unsettled: no multiple-ack passes it meanwhile, and what settles behind
+                // it is acked on its own.
+                Settled::Later(delay) => {
+                    watermark.waiting(delivery.delivery_tag);
+                    self.wait(Held { delivery, attempts: tries + 1 }, delay);
+                }
             }
         }
         if let Some((_, acker)) = watermark.advance() {

@@ -7,9 +7,10 @@
 //! being handled. This type tracks that, and nothing else: no I/O, so it can be tested
 //! exhaustively.
 //!
-//! A delivery can stay pending for long (one waiting for its retry, say): what is
-//! settled behind it is acked on its own ([`Watermark::stranded`]), so that the channel's
-//! prefetch window is not filled by deliveries that are done.
+//! A delivery waiting for its retry stays unsettled for seconds: what is settled behind
+//! it is acked on its own ([`Watermark::stranded`]), so that the channel's prefetch
+//! window does not fill with deliveries that are done. Behind a batch that is merely in
+//! progress, settled deliveries wait for its multiple-ack, as one frame.
 //!
 //! Delivery tags are per channel: a new channel starts a new watermark.
 
@@ -19,6 +20,8 @@ use std::collections::BTreeMap;
 enum Slot<A> {
     /// Delivered, still being handled.
     Pending,
+    /// Not settled: held until its retry's delay is over.
+    Waiting,
     /// Settled: waits for an ack (`A` is what acks it, such as lapin's `Acker`).
     Ready(A),
     /// Settled on its own (nacked back to its queue, or acked singly): never to be
@@ -50,6 +53,14 @@ impl<A> Watermark<A> {
         }
     }
 
+    /// The delivery is held for a retry: not settled, and what is settled behind it is
+    /// [`Watermark::stranded`].
+    pub fn waiting(&mut self, tag: u64) {
+        if let Some(slot) = self.slots.get_mut(&tag) {
+            *slot = Slot::Waiting;
+        }
+    }
+
     /// The delivery was nacked on its own; a later multiple-ack must not be sent for it.
     pub fn nacked(&mut self, tag: u64) {
         if let Some(slot) = self.slots.get_mut(&tag) {
@@ -62,7 +73,7 @@ impl<A> Watermark<A> {
     pub fn advance(&mut self) -> Option<(u64, A)> {
         let mut ack = None;
         while let Some(entry) = self.slots.first_entry() {
-            if matches!(entry.get(), Slot::Pending) {
+            if matches!(entry.get(), Slot::Pending | Slot::Waiting) {
                 break;
             }
             let (tag, slot) = entry.remove_entry();
@@ -73,13 +84,16 @@ impl<A> Watermark<A> {
         ack
     }
 
-    /// What is settled but cannot be multiple-acked, because an earlier delivery is
-    /// still pending: each is to be acked on its own (`multiple = false`) and is
+    /// What is settled but cannot be multiple-acked, because an earlier delivery waits
+    /// for its retry: each is to be acked on its own (`multiple = false`) and is
     /// forgotten by the next [`Watermark::advance`] that reaches it. Call after
     /// `advance`.
     pub fn stranded(&mut self) -> Vec<(u64, A)> {
         let mut alone = Vec::new();
-        for (tag, slot) in &mut self.slots {
+        let Some(first) = self.slots.iter().find(|(_, slot)| matches!(slot, Slot::Waiting)).map(|(tag, _)| *tag) else {
+            return alone;
+        };
+        for (tag, slot) in self.slots.range_mut(first..) {
             if matches!(slot, Slot::Ready(_)) {
                 if let Slot::Ready(acker) = std::mem::replace(slot, Slot::Alone) {
                     alone.push((*tag, acker));
@@ -121,13 +135,17 @@ mod tests {
     }
 
     #[test]
-    fn what_is_settled_behind_a_pending_delivery_is_acked_on_its_own() {
+    fn only_what_is_settled_behind_a_delivery_waiting_for_its_retry_is_acked_on_its_own() {
         let mut w = Watermark::default();
         for tag in 1..=4 {
             w.delivered(tag);
         }
-        // 1 waits for its retry; 2 and 4 are done, 3 is still being handled.
+        // 1 is being handled, 2 done: 2 waits for the multiple-ack.
         w.ready(2, ());
+        assert_eq!(w.advance(), None);
+        assert_eq!(w.stranded(), vec![], "nothing waits for a retry");
+        // Now 1 waits for its retry; 2 and 4 are done, 3 is still being handled.
+        w.waiting(1);
         w.ready(4, ());
         assert_eq!(w.advance(), None);
         assert_eq!(w.stranded(), vec![(2, ()), (4, ())], "each acked alone");
@@ -150,7 +168,7 @@ mod tests {
             order in (1usize..80).prop_flat_map(|n| Just((1..=n as u64).collect::<Vec<_>>()).prop_shuffle()),
             nacks in proptest::collection::vec(any::<bool>(), 80),
             advance_every in 1usize..5,
-            singles in any::<bool>(),
+            waits in proptest::collection::vec(any::<bool>(), 80),
         ) {
             let n = order.len() as u64;
             let mut w = Watermark::default();
@@ -158,6 +176,10 @@ mod tests {
                 w.delivered(tag);
             }
             let nacked = |tag: u64| nacks[(tag - 1) as usize % nacks.len()];
+            // These wait for a retry (from the start) before they settle.
+            for tag in (1..=n).filter(|t| waits[(*t - 1) as usize % waits.len()]) {
+                w.waiting(tag);
+            }
             let mut settled = BTreeSet::new();
             let mut alone = BTreeSet::new();
             let mut acked_up_to = 0;
@@ -169,12 +191,14 @@ mod tests {
                     prop_assert!((1..=up_to).all(|t| settled.contains(&t)), "nothing unsettled is covered");
                     acked_up_to = up_to;
                 }
-                if singles {
-                    for (tag, acker) in w.stranded() {
-                        prop_assert_eq!(tag, acker);
-                        prop_assert!(tag > acked_up_to, "not covered by a multiple-ack already");
-                        prop_assert!(alone.insert(tag), "acked alone once");
-                    }
+                for (tag, acker) in w.stranded() {
+                    prop_assert_eq!(tag, acker);
+                    prop_assert!(tag > acked_up_to, "not covered by a multiple-ack already");
+                    prop_assert!(
+                        (1..tag).any(|t| !settled.contains(&t) && waits[(t - 1) as usize % waits.len()]),
+                        "acked alone only behind a delivery waiting for its retry"
+                    );
+                    prop_assert!(alone.insert(tag), "acked alone once");
                 }
                 Ok(())
             };

@@ -478,11 +478,12 @@ impl Settings {
         let invalid = |why: String| Err(SettingsError::Invalid(why));
         // A retrying delivery is held by its consumer, unacknowledged; the broker takes
         // one held past its consumer timeout (30 min by default) back from its channel.
-        if settings.retry.budget_ms() > MAX_RETRY_BUDGET_MS {
+        let budget_ms = settings.retry.budget_ms();
+        if budget_ms > MAX_RETRY_BUDGET_MS {
             return invalid(format!(
                 "retry: max_attempts, initial_ms and max_ms add up to {} s of waiting; keep it under {} s \
                  (a consumer holds a retrying delivery, and the broker takes back one held too long)",
-                settings.retry.budget_ms() / 1000,
+                budget_ms / 1000,
                 MAX_RETRY_BUDGET_MS / 1000
             ));
         }

@@ -284,24 +284,22 @@ impl Settler {
         Fut: Future<Output = Vec<Disposition>>,
     {
         let max_attempts = self.retry.max_attempts;
-        let tries: Vec<u32> = held.iter().map(|h| h.attempts).collect();
-        let deliveries: Vec<Delivery> = held.into_iter().map(|h| h.delivery).collect();
         let sender = |d: &Delivery| d.properties.user_id().as_ref().map(|u| u.to_string());
-        let accepted: Vec<bool> = deliveries.iter().map(|d| self.senders.allows(sender(d).as_deref())).collect();
+        let accepted: Vec<bool> = held.iter().map(|h| self.senders.allows(sender(&h.delivery).as_deref())).collect();
         // The batch's span begins no trace of an application: it links to each of theirs.
         let span = info_span!(
             parent: None,
             "batch",
             otel.name = %format_args!("process batch {}", self.queue),
             queue = %self.queue,
-            size = deliveries.len()
+            size = held.len()
         );
         let references: Vec<Option<String>> =
-            deliveries.iter().map(|d| header_string(&d.properties, REFERENCE_HEADER)).collect();
-        let items: Vec<tracing::Span> = deliveries
+            held.iter().map(|h| header_string(&h.delivery.properties, REFERENCE_HEADER)).collect();
+        let items: Vec<tracing::Span> = held
             .iter()
             .zip(&references)
-            .map(|(d, reference)| {
+            .map(|(Held { delivery: d, .. }, reference)| {
                 // A consumer span per delivery (OpenTelemetry's messaging conventions),
                 // continuing the trace its message carries.
                 let item = crate::trace::message_span(
@@ -314,26 +312,25 @@ impl Settler {
                 item
             })
             .collect();
-        let incoming: Batch = deliveries
+        let incoming: Batch = held
             .iter()
-            .zip(&tries)
             .zip(&accepted)
             .zip(items.iter().zip(references))
             .filter(|((_, accepted), _)| **accepted)
-            .map(|(((d, tries), _), (item, reference))| Incoming {
+            .map(|((Held { delivery: d, attempts }, _), (item, reference))| Incoming {
                 data: d.data.clone(),
                 sender: sender(d),
                 reference,
                 redelivered: d.redelivered,
-                attempts: *tries,
+                attempts: *attempts,
                 max_attempts,
                 span: item.clone(),
             })
             .collect();
         let queue = self.queue.clone();
-        ::metrics::histogram!(names::BATCH_SIZE, "queue" => queue.clone()).record(deliveries.len() as f64);
+        ::metrics::histogram!(names::BATCH_SIZE, "queue" => queue.clone()).record(held.len() as f64);
         let now = chrono::Utc::now().timestamp_micros();
-        for delivery in &deliveries {
+        for Held { delivery, .. } in &held {
             if let Some(sent) = header_i64(&delivery.properties, SENT_AT_HEADER) {
                 let waited = (now - sent).max(0) as f64 / 1e6;
                 ::metrics::histogram!(names::QUEUE_WAIT, "queue" => queue.clone()).record(waited);
@@ -349,17 +346,17 @@ impl Settler {
 
         // Hand-offs first, all of them, then one wait for their confirms.
         let mut handoffs = Vec::new();
-        for (((delivery, tries), accepted), item) in deliveries.iter().zip(&tries).zip(accepted).zip(items) {
+        for ((h, accepted), item) in held.iter().zip(accepted).zip(items) {
             let disposition = if accepted {
                 dispositions.next().unwrap_or(Disposition::Requeue)
             } else {
-                let sender = sender(delivery).unwrap_or_else(|| "nobody (no user_id)".into());
+                let sender = sender(&h.delivery).unwrap_or_else(|| "nobody (no user_id)".into());
                 item.in_scope(|| {
                     tracing::warn!(security_event = "message_refused", %sender, queue = %self.queue, "message from a sender that may not send it");
                 });
                 Disposition::DeadLetter(format!("refused: {sender} may not send to {}", self.queue))
             };
-            handoffs.push(self.hand_off(delivery, *tries, disposition, item.clone()).instrument(item));
+            handoffs.push(self.hand_off(h, disposition, item.clone()).instrument(item));
         }
         let settled = join_all(handoffs).await;
         // Refused by the broker (a nack, or no confirm in time), this channel may go on
@@ -374,7 +371,8 @@ impl Settler {
         }
 
         let mut watermark = self.watermark.lock().await;
-        for ((delivery, tries), settled) in deliveries.into_iter().zip(tries).zip(settled) {
+        for (h, settled) in held.into_iter().zip(settled) {
+            let delivery = &h.delivery;
             match settled {
                 Settled::Done => watermark.ready(delivery.delivery_tag, delivery.acker.clone()),
                 Settled::Returned if refused => {}
@@ -387,7 +385,7 @@ impl Settler {
                 // it is acked on its own.
                 Settled::Later(delay) => {
                     watermark.waiting(delivery.delivery_tag);
-                    self.wait(Held { delivery, attempts: tries + 1 }, delay);
+                    self.wait(Held { attempts: h.attempts + 1, ..h }, delay);
                 }
             }
         }
@@ -418,14 +416,9 @@ impl Settler {
     }
 
     /// Carries out one item's disposition, up to the broker's confirm of any hand-off.
-    /// `attempts` were made at its message before this one.
-    async fn hand_off(
-        &self,
-        delivery: &Delivery,
-        attempts: u32,
-        disposition: Disposition,
-        item: tracing::Span,
-    ) -> Settled {
+    async fn hand_off(&self, held: &Held, disposition: Disposition, item: tracing::Span) -> Settled {
+        let Held { delivery, attempts } = held;
+        let attempts = *attempts;
         let outcome = match &disposition {
             Disposition::Ack => "ack",
             Disposition::Requeue => "requeue",
